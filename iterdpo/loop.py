@@ -1,0 +1,346 @@
+"""The iteration orchestrator: which stage runs when, on what, and whether it already ran.
+
+Iteration k (1-based) with policy pi_{k-1} (pi_0 = the initial model)::
+
+    sample    pi_{k-1} answers this iteration's prompts, N times each
+    score     log-probs under pi_{k-1} and under pi_{k-1}'s reference -> implicit rewards
+    select    candidate pairs by margin (before annotation)
+    annotate  the annotator orients them; training's reference log-probs are attached
+    train     pi_k = pi_{k-1} (or pi_0 with init=reset) trained on the pairs
+    evaluate  pi_k against pi_0 on held-out prompts
+
+Every stage function is idempotent: it returns at once if its output exists with a
+matching key, so ``run`` after a crash redoes only the unfinished stage.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import time
+from pathlib import Path
+
+from iterdpo import records
+from iterdpo.config import Config, dump_config
+from iterdpo.rundir import RunDir, fingerprint_files, key_of
+
+STAGES = ("sample", "score", "select", "annotate", "train", "evaluate")
+
+
+def quiet_hf() -> None:
+    """Our stages show their own progress; transformers' per-load bars only add noise."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+
+
+def _log(msg: str) -> None:
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(f"[iterdpo] {msg}", flush=True)
+
+
+def derived_seed(cfg: Config, *parts: object) -> int:
+    blob = ":".join(map(str, (cfg.run.seed, *parts)))
+    return int(hashlib.sha1(blob.encode()).hexdigest()[:8], 16)
+
+
+class Run:
+    """One run directory and its config; resolves models and inputs of every stage."""
+
+    def __init__(self, cfg: Config):
+        quiet_hf()
+        self.cfg = cfg
+        self.rd = RunDir(cfg.run_dir())
+        self._toy: Path | None = None
+
+    # --- inputs ------------------------------------------------------------------
+
+    def toy_dir(self) -> Path:
+        if self._toy is None:
+            from iterdpo.toy.build import ensure_toy
+
+            self._toy = ensure_toy()
+        return self._toy
+
+    def initial_model(self) -> str:
+        name = self.cfg.model.name_or_path
+        return str(self.toy_dir() / "sft") if name == "toy" else name
+
+    def prompt_file(self, which: str) -> Path:
+        value = self.cfg.data.prompts if which == "train" else self.cfg.data.eval_prompts
+        return self.toy_dir() / f"prompts_{which}.jsonl" if value == "toy" else Path(value)
+
+    def prompts_for(self, k: int):
+        """Iteration k's prompts: consecutive slices of one seeded shuffle (wrapping around)."""
+        table = records.load_prompts(self.prompt_file("train"))
+        order = list(range(table.num_rows))
+        random.Random(derived_seed(self.cfg, "prompts")).shuffle(order)
+        start = sum(self.cfg.prompts_for(i) for i in range(1, k))
+        take = [order[(start + i) % len(order)] for i in range(min(self.cfg.prompts_for(k), len(order)))]
+        return table.take(take)
+
+    def eval_prompts(self):
+        table = records.load_prompts(self.prompt_file("eval"))
+        return table.slice(0, self.cfg.evaluate.num_prompts)
+
+    # --- models ------------------------------------------------------------------
+
+    def policy(self, k: int) -> str:
+        """pi_k: the initial model for k = 0, else iteration k's trained model."""
+        return self.initial_model() if k == 0 else str(self.rd.stage(k, "train") / "model")
+
+    def reference_of(self, k: int) -> str | None:
+        """The reference pi_k was trained against (pi_0 is its own reference)."""
+        mode = self.cfg.run.reference
+        if mode == "none":
+            return None
+        if mode == "fixed" or k <= 1:
+            return self.initial_model()
+        return self.policy(k - 1)
+
+    def model_key(self, path: str | None) -> str | None:
+        """A trained model is named by its train stage's key; others by their files."""
+        if path is None:
+            return None
+        manifest = Path(path).parent / "manifest.json"
+        if manifest.exists():
+            return json.loads(manifest.read_text())["key"]
+        return fingerprint_files(path) if Path(path).is_dir() else path
+
+    def stage_key(self, k: int | None, stage: str) -> str:
+        m = self.rd.manifest(self.rd.stage(k, stage))
+        if m is None:
+            raise RuntimeError(f"stage {stage} of iteration {k} has not run yet")
+        return m["key"]
+
+    def stats(self, k: int | None, stage: str) -> dict:
+        return self.rd.manifest(self.rd.stage(k, stage))["stats"]
+
+    def data(self, k: int | None, stage: str, name: str):
+        return records.read_table(self.rd.stage(k, stage) / name)
+
+
+# --- stages ------------------------------------------------------------------------
+
+
+def _stage(run: Run, k: int | None, name: str, key: str, write) -> dict:
+    path = run.rd.stage(k, name)
+    where = f"iter {k} {name}" if k is not None else name
+    if run.rd.done(path, key):
+        _log(f"{where}: done already, skipped")
+        return run.rd.manifest(path)
+    _log(f"{where}: running")
+    m = run.rd.commit(path, key, write)
+    _log(f"{where}: {json.dumps(m['stats'])} ({m['wall_seconds']:.1f} s)")
+    return m
+
+
+def _sample(run: Run, model: str, prompts, dest_name: str, k: int | None, n: int, temperature: float, max_tokens: int, seed: int, key: str):
+    from iterdpo.sampling import SamplingParams, get_sampler
+
+    cfg = run.cfg
+    path = run.rd.stage(k, dest_name)
+
+    def write(tmp: Path) -> dict:
+        params = SamplingParams(n=n, temperature=temperature, top_p=cfg.sample.top_p, top_k=cfg.sample.top_k, max_tokens=max_tokens, seed=seed)
+        sampler = get_sampler(cfg.sample.backend)
+        table = sampler(model, prompts, params, run.rd.partial(path), model_cfg=cfg.model, batch_size=cfg.sample.batch_size, progress=dest_name)
+        records.write_table(table, tmp / "completions.parquet")
+        stops = sum(f == "stop" for f in table.column("finish_reason").to_pylist())
+        return {"prompts": prompts.num_rows, "completions": table.num_rows, "stopped": stops}
+
+    return _stage(run, k, dest_name, key, write)
+
+
+def sample(run: Run, k: int) -> dict:
+    cfg = run.cfg
+    prompts = run.prompts_for(k)
+    key = key_of(
+        model=run.model_key(run.policy(k - 1)),
+        prompts=hashlib.sha1("".join(prompts.column("prompt_id").to_pylist()).encode()).hexdigest(),
+        sample=cfg.sample.model_dump(),
+        model_cfg=cfg.model.model_dump(),
+        seed=cfg.run.seed,
+        k=k,
+    )
+    s = cfg.sample
+    return _sample(run, run.policy(k - 1), prompts, "sample", k, s.n, s.temperature, s.max_tokens, derived_seed(cfg, k, "sample"), key)
+
+
+def score(run: Run, k: int) -> dict:
+    from iterdpo import scoring
+
+    cfg = run.cfg
+    policy, ref = run.policy(k - 1), run.reference_of(k - 1)
+    key = key_of(inp=run.stage_key(k, "sample"), policy=run.model_key(policy), ref=run.model_key(ref), score=cfg.score.model_dump())
+
+    def write(tmp: Path) -> dict:
+        table = scoring.score(
+            run.data(k, "sample", "completions.parquet"), policy, ref,
+            tokenizer_path=cfg.model.tokenizer, model_cfg=cfg.model, beta=cfg.score.beta, batch_tokens=cfg.score.batch_tokens,
+        )
+        records.write_table(table, tmp / "scored.parquet")
+        rewards = table.column("reward").to_pylist()
+        return {"completions": table.num_rows, "mean_reward": sum(rewards) / max(len(rewards), 1)}
+
+    return _stage(run, k, "score", key, write)
+
+
+def select(run: Run, k: int) -> dict:
+    from iterdpo.selection.margin import select_margin
+
+    cfg = run.cfg
+    key = key_of(inp=run.stage_key(k, "score"), select=cfg.select.model_dump(), seed=cfg.run.seed)
+
+    def write(tmp: Path) -> dict:
+        s = cfg.select
+        table = select_margin(
+            run.data(k, "score", "scored.parquet"), instance=s.instance, corpus=s.corpus,
+            corpus_fraction=s.corpus_fraction, margin=s.margin, seed=derived_seed(cfg, k, "select"),
+        )
+        records.write_table(table, tmp / "candidates.parquet")
+        m = table.column("margin").to_pylist()
+        return {"pairs": table.num_rows, "mean_abs_margin": sum(m) / max(len(m), 1)}
+
+    return _stage(run, k, "select", key, write)
+
+
+def annotate(run: Run, k: int) -> dict:
+    from iterdpo.annotation import annotate as label, get_annotator
+
+    cfg = run.cfg
+    key = key_of(inp=run.stage_key(k, "select"), annotate=cfg.annotate.model_dump(), ref=cfg.run.reference, init=cfg.run.init, seed=cfg.run.seed)
+
+    def write(tmp: Path) -> dict:
+        table, stats = label(
+            run.data(k, "select", "candidates.parquet"), run.data(k, "score", "scored.parquet"),
+            get_annotator(cfg.annotate.annotator), reference=cfg.run.reference, init=cfg.run.init,
+            ties=cfg.annotate.ties, iteration=k, seed=derived_seed(cfg, k, "annotate"),
+        )
+        records.write_table(table, tmp / "pairs.parquet")
+        return stats
+
+    return _stage(run, k, "annotate", key, write)
+
+
+def train(run: Run, k: int) -> dict:
+    import pyarrow as pa
+
+    from iterdpo.training.trainer import train as fit
+
+    cfg = run.cfg
+    iters = range(1, k + 1) if cfg.run.init == "reset" else [k]
+    start = run.initial_model() if cfg.run.init == "reset" else run.policy(k - 1)
+    key = key_of(
+        inp=[run.stage_key(i, "annotate") for i in iters], start=run.model_key(start),
+        train=cfg.train.model_dump(), model_cfg=cfg.model.model_dump(), seed=cfg.run.seed,
+    )
+
+    def write(tmp: Path) -> dict:
+        pairs = pa.concat_tables([run.data(i, "annotate", "pairs.parquet") for i in iters])
+        if pairs.num_rows == 0:
+            raise RuntimeError(f"iteration {k}: no preference pairs to train on (all dropped by annotation)")
+        return fit(pairs, start, tmp, tokenizer_path=cfg.model.tokenizer, model_cfg=cfg.model, cfg=cfg.train, seed=derived_seed(cfg, k, "train"))
+
+    return _stage(run, k, "train", key, write)
+
+
+def _eval_responses(run: Run, k: int | None, model: str) -> dict:
+    cfg = run.cfg
+    e = cfg.evaluate
+    prompts = run.eval_prompts()
+    key = key_of(model=run.model_key(model), evaluate=e.model_dump(), model_cfg=cfg.model.model_dump(), prompts=prompts.column("prompt_id").to_pylist(), seed=cfg.run.seed)
+    name = "baseline" if k is None else "eval_responses"
+    # one seed for policy and baseline: common random numbers lower the win rate's variance
+    return _sample(run, model, prompts, name, k, 1, e.temperature, e.max_tokens, derived_seed(cfg, "eval"), key)
+
+
+def evaluate(run: Run, k: int) -> dict:
+    from iterdpo.annotation import get_annotator
+    from iterdpo.evaluation import compare
+    from iterdpo.toy.task import gold_reward
+
+    cfg = run.cfg
+    _eval_responses(run, None, run.initial_model())
+    _eval_responses(run, k, run.policy(k))
+    key = key_of(policy=run.stage_key(k, "eval_responses"), baseline=run.stage_key(None, "baseline"), annotate=cfg.annotate.model_dump())
+
+    def write(tmp: Path) -> dict:
+        gold = gold_reward if cfg.model.name_or_path == "toy" else None
+        metrics = compare(run.data(k, "eval_responses", "completions.parquet"), run.data(None, "baseline", "completions.parquet"), get_annotator(cfg.annotate.annotator), gold)
+        (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2))
+        return metrics
+
+    return _stage(run, k, "evaluate", key, write)
+
+
+STAGE_FNS = {"sample": sample, "score": score, "select": select, "annotate": annotate, "train": train, "evaluate": evaluate}
+
+
+# --- the loop ----------------------------------------------------------------------
+
+
+def summarize(run: Run) -> dict:
+    """summary.json from the manifests of finished iterations."""
+    its = []
+    for k in range(1, run.cfg.run.iterations + 1):
+        ms = {s: run.rd.manifest(run.rd.stage(k, s)) for s in (*STAGES, "eval_responses")}
+        if any(m is None for m in ms.values()):
+            break
+        ev = ms["evaluate"]["stats"]
+        its.append(
+            {
+                "iteration": k,
+                "pairs_trained": ms["train"]["stats"]["pairs"],
+                "mean_abs_margin": ms["select"]["stats"]["mean_abs_margin"],
+                "train_loss": ms["train"]["stats"]["train_loss"],
+                "gold_win_rate_vs_sft": ev["win_rate"],
+                "mean_gold_reward": ev.get("mean_gold_reward"),
+                "mean_length": ev["mean_length"],
+                "wall_seconds": round(sum(m["wall_seconds"] for m in ms.values()), 2),
+            }
+        )
+    summary = {"run": run.cfg.run.name, "iterations": its}
+    if its:
+        summary["baseline_mean_gold_reward"] = run.stats(1, "evaluate").get("baseline_mean_gold_reward")
+    return summary
+
+
+def format_table(summary: dict) -> str:
+    cols = ["iteration", "pairs_trained", "mean_abs_margin", "train_loss", "gold_win_rate_vs_sft", "mean_gold_reward", "mean_length", "wall_seconds"]
+    lines = ["  ".join(f"{c:>12}" if i else c for i, c in enumerate(cols))]
+    for it in summary["iterations"]:
+        cells = []
+        for c in cols:
+            v = it[c]
+            cells.append(f"{v:.4f}" if isinstance(v, float) else str(v))
+        lines.append("  ".join(f"{v:>12}" if i else f"{v:>9}" for i, v in enumerate(cells)))
+    return "\n".join(lines)
+
+
+def write_summary(run: Run) -> dict:
+    summary = summarize(run)
+    path = run.rd.root / "summary.json"
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(summary, indent=2))
+    os.replace(tmp, path)
+    return summary
+
+
+def run_all(cfg: Config) -> dict:
+    """Run (or resume) every iteration; returns the summary."""
+    run = Run(cfg)
+    run.rd.root.mkdir(parents=True, exist_ok=True)
+    (run.rd.root / "config.yaml").write_text(dump_config(cfg))
+    start = time.time()
+    for k in range(1, cfg.run.iterations + 1):
+        for stage in STAGES:
+            STAGE_FNS[stage](run, k)
+        write_summary(run)
+    summary = write_summary(run)
+    _log(f"finished {cfg.run.iterations} iteration(s) in {time.time() - start:.1f} s -> {run.rd.root / 'summary.json'}")
+    print(format_table(summary), flush=True)
+    return summary
