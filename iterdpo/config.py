@@ -71,16 +71,27 @@ class ModelConfig(_Section):
         return self
 
 
+class BudgetConfig(_Section):
+    schedule: Literal["increase", "constant", "decrease"] = Field(
+        "decrease", description="How the total splits over iterations: weights 1..T, equal, or T..1 (Yang et al.)."
+    )
+    total: int = Field(..., ge=1, description="Prompts over all iterations.")
+
+
 class DataConfig(_Section):
     prompts: str = Field("toy", description="Prompt file (.jsonl/.json/.parquet with a 'prompt' field) or 'toy'.")
     eval_prompts: str = Field("toy", description="Held-out prompt file for evaluation, or 'toy'.")
-    prompts_per_iteration: int | list[int] = Field(
-        256, description="Prompts drawn each iteration: one number, or one per iteration (a budget schedule)."
+    prompts_per_iteration: int | list[int] | BudgetConfig = Field(
+        256,
+        description="Prompts drawn each iteration: one number, one per iteration, "
+        "or a budget schedule {schedule: increase|constant|decrease, total: N}.",
     )
 
     @model_validator(mode="after")
     def _positive(self) -> DataConfig:
         counts = self.prompts_per_iteration
+        if isinstance(counts, BudgetConfig):
+            return self
         counts = counts if isinstance(counts, list) else [counts]
         if not counts or any(c < 1 for c in counts):
             raise ValueError("prompts_per_iteration must be >= 1 (or a non-empty list of them)")
@@ -163,6 +174,8 @@ class Config(_Section):
         if self.run.init == "reset" and self.run.reference == "previous":
             raise ValueError("run.init 'reset' retrains the initial model, so run.reference must be 'fixed' or 'none'")
         counts = self.data.prompts_per_iteration
+        if isinstance(counts, BudgetConfig) and counts.total < self.run.iterations:
+            raise ValueError(f"data.prompts_per_iteration.total {counts.total} < {self.run.iterations} iterations")
         if isinstance(counts, list) and len(counts) != self.run.iterations:
             raise ValueError(
                 f"data.prompts_per_iteration lists {len(counts)} budgets for {self.run.iterations} iterations"
@@ -171,6 +184,10 @@ class Config(_Section):
 
     def prompts_for(self, iteration: int) -> int:
         counts = self.data.prompts_per_iteration
+        if isinstance(counts, BudgetConfig):
+            from iterdpo.selection.budget import budget_schedule
+
+            return budget_schedule(counts.schedule, counts.total, self.run.iterations)[iteration - 1]
         return counts[iteration - 1] if isinstance(counts, list) else counts
 
     def section_hash(self, *sections: str) -> str:

@@ -4,72 +4,90 @@ Two levels, applied to the scored responses of one iteration:
 
 1. *Instance level*: among the N(N-1)/2 pairs of one prompt's responses keep one pair,
    the one with the ``smallest`` or ``largest`` absolute implicit-reward margin
-   ``|r(x,a) - r(x,b)|``, or ``random`` (the first two responses, as in the paper).
-2. *Corpus level*: of those per-prompt pairs keep ``ceil(corpus_fraction * count)``,
-   again by ``smallest``, ``largest`` or ``random`` margin.
+   ``m(a, b) = |r(x,a) - r(x,b)|``, or ``random`` (the first two responses in
+   ``completion_id`` order, as in the paper: the samples are i.i.d.).
+2. *Corpus level*: of those per-prompt pairs keep ``ceil(corpus_fraction * count)``
+   (or exactly ``corpus_count``), again by ``smallest``, ``largest`` or ``random`` margin.
 
-Margins use summed rewards (``sum``, the paper's better variant) or length-normalised
-rewards (``length``). Unlabelled pairs have no orientation yet, hence the absolute value.
-Pairs of identical texts are never formed: they carry no preference.
+Margins use summed rewards ``r = beta (logp_pi - logp_ref)`` (``sum``, the paper's better
+variant, column ``reward``) or length-normalised rewards ``r / |y|`` (``length``, column
+``reward_norm``); ``simpo`` uses ``reward_simpo``. Unlabelled pairs have no orientation
+yet, hence the absolute value. Pairs of identical texts are never formed: they carry no
+preference. Ties are broken by a seeded hash of the pair's ids, so the result does not
+depend on input row order.
+
+Vectorised: a million candidate pairs take a few seconds (benchmarks/selection.md).
 """
 
 from __future__ import annotations
 
-import math
-from itertools import combinations
-
+import numpy as np
 import pyarrow as pa
 
-from iterdpo import records
-from iterdpo.selection.base import tie_key
+from iterdpo.selection import base
 
-ORDERS = ("smallest", "largest", "random")
+MARGIN_COLUMNS = {"sum": "reward", "length": "reward_norm", "simpo": "reward_simpo"}
 
 
-def _pick(pairs: list[dict], how: str, k: int, seed: int) -> list[dict]:
-    """The k pairs with the smallest / largest margin, or k seeded-random ones."""
-    tie = lambda p: tie_key(seed, p["a_id"], p["b_id"])  # noqa: E731
-    if how == "smallest":
-        order = sorted(pairs, key=lambda p: (p["margin"], tie(p)))
-    elif how == "largest":
-        order = sorted(pairs, key=lambda p: (-p["margin"], tie(p)))
-    else:
-        order = sorted(pairs, key=tie)
-    return order[:k]
+def margin_pairs(scored: base.Source, *, margin: str = "sum", where: str = "scored") -> tuple[pa.Table, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """All within-prompt pairs of distinct texts, in canonical order.
+
+    Returns ``(rows, a, b, margins, groups)``: ``rows`` the scored columns in canonical
+    ``(prompt_id, completion_id)`` order, ``a < b`` row indices into it, ``|r_a - r_b|``
+    and the prompt group of each pair.
+    """
+    if margin not in MARGIN_COLUMNS:
+        raise ValueError(f"margin must be one of {sorted(MARGIN_COLUMNS)}, got {margin!r}")
+    col = MARGIN_COLUMNS[margin]
+    rows = base.read_columns(scored, ["prompt_id", "completion_id", "completion", col], where)
+    rows = base.canonical(rows, ["prompt_id", "completion_id"])
+    base.check_unique(rows, "completion_id", where)
+    r = base.float_column(rows, col, where)
+    groups = base.group_codes(rows.column("prompt_id"))
+    a, b = base.within_group_pairs(groups)
+    texts = base.text_codes(rows.column("completion"))
+    distinct = texts[a] != texts[b]
+    a, b = a[distinct], b[distinct]
+    return rows, a, b, np.abs(r[a] - r[b]), groups[a]
 
 
 def select_margin(
-    scored: pa.Table,
+    scored: base.Source,
     *,
     instance: str = "smallest",
     corpus: str = "smallest",
     corpus_fraction: float = 0.5,
+    corpus_count: int | None = None,
     margin: str = "sum",
     seed: int = 0,
 ) -> pa.Table:
-    """SCORED table -> CANDIDATES table (one row per kept pair, ``a_id < b_id``)."""
-    if instance not in ORDERS or corpus not in ORDERS:
-        raise ValueError(f"instance and corpus must be one of {ORDERS}")
-    col = {"sum": "reward", "length": "reward_norm"}[margin]
-    by_prompt: dict[str, list[dict]] = {}
-    for r in scored.select(["prompt_id", "completion_id", "completion", col]).to_pylist():
-        by_prompt.setdefault(r["prompt_id"], []).append(r)
-    per_prompt = []
-    for pid, resp in by_prompt.items():
-        resp.sort(key=lambda r: r["completion_id"])
-        pairs = [
-            {"prompt_id": pid, "a_id": a["completion_id"], "b_id": b["completion_id"], "margin": abs(a[col] - b[col])}
-            for a, b in combinations(resp, 2)
-            if a["completion"] != b["completion"]
-        ]
-        if not pairs:
-            continue
-        if instance == "random":  # the first two (distinct) responses: samples are i.i.d.
-            per_prompt.append(pairs[0])
-        else:
-            per_prompt.extend(_pick(pairs, instance, 1, seed))
-    keep = math.ceil(corpus_fraction * len(per_prompt))
-    chosen = _pick(per_prompt, corpus, keep, seed)
-    name = f"margin:{instance}/{corpus}@{corpus_fraction}"
-    chosen.sort(key=lambda p: (p["prompt_id"], p["a_id"]))
-    return records.from_rows([{**p, "selector": name} for p in chosen], records.CANDIDATES)
+    """SCORED -> CANDIDATES: one pair per prompt, then the corpus-level cut.
+
+    Args:
+        scored: SCORED table, record-batch stream or Parquet path (needs ``prompt_id``,
+            ``completion_id``, ``completion`` and the margin's reward column).
+        instance, corpus: ``smallest`` | ``largest`` | ``random``.
+        corpus_fraction: keep ``ceil(fraction * prompts_with_a_pair)`` pairs ...
+        corpus_count: ... or exactly this many (capped), when given.
+        margin: ``sum`` | ``length`` | ``simpo``.
+        seed: seeds the tie-breaking (and the ``random`` orders).
+
+    Returns one row per kept pair, ``a_id < b_id``, sorted by ``(prompt_id, a_id)``.
+    """
+    if instance not in base.ORDERS or corpus not in base.ORDERS:
+        raise ValueError(f"instance and corpus must be one of {base.ORDERS}")
+    rows, a, b, m, g = margin_pairs(scored, margin=margin)
+    cid = rows.column("completion_id")
+    h = base.id_hashes(cid)
+    keys = base.pair_keys(h[a], h[b], seed)
+    if instance == "random":  # the first pair in (a, b) order: pairs are already sorted so
+        order = np.arange(len(a))
+    else:
+        order = base.rank(m, keys, instance)
+    pick = base.first_per_group(g, order)  # one pair per prompt
+    keep = base.top_count(len(pick), corpus_fraction, corpus_count)
+    chosen = pick[base.rank(m[pick], keys[pick], corpus)[:keep]]
+    chosen = np.sort(chosen)  # canonical (prompt_id, a_id, b_id) order
+    name = f"margin:{instance}/{corpus}@{corpus_count if corpus_count is not None else corpus_fraction}/{margin}"
+    pid = rows.column("prompt_id")
+    return base.candidates(pid.take(a[chosen]), cid.take(a[chosen]), cid.take(b[chosen]), m[chosen], name)
