@@ -1,13 +1,38 @@
-"""Selectors: scored completions -> candidate pairs worth annotating.
+"""Selectors: scored completions -> pairs worth annotating (or training on).
 
-Every selector is a plain function registered in :data:`SELECTORS` and named in the
-config. Given the same inputs and seed it returns the same selection whatever the input
-row order: ties are broken by :func:`iterdpo.selection.base.tie_key`, a seeded hash of
-the pair's ids.
+Every selector is a plain function registered by name in :data:`SELECTORS`. Given the
+same inputs and seed it returns the same selection whatever the input row order: rows
+are put in a canonical order by their ids and ties are broken by a seeded hash of the
+ids (:mod:`iterdpo.selection.base`).
+
+==================  ==========================================================  ======
+name                what                                                        paper
+==================  ==========================================================  ======
+margin              instance + corpus level margin selection (SCORED -> CANDIDATES)  001
+apl_certainty       largest ``|r1 - r2|`` pairs (SCORED -> CANDIDATES)             002
+apl_entropy         highest predictive-entropy prompts (SCORED -> prompt scores)   002
+apl_hybrid          entropy prompts, then certainty pairs                         002
+sera                SeRA's D_t: offline selection + bootstrapping (-> SERA_PAIRS)  003
+sera_offline        top-k1 offline pairs by oriented ensemble IRM                 003
+sera_bootstrap      argmax/argmin pairs of policy samples, top-k2 prompts         003
+arm                 active reward modelling strategies (-> CANDIDATES)            000
+==================  ==========================================================  ======
 """
 
 from __future__ import annotations
 
+from iterdpo.selection.apl import select_certainty, select_entropy, select_hybrid
+from iterdpo.selection.arm import select_arm
 from iterdpo.selection.margin import select_margin
+from iterdpo.selection.sera import select_bootstrap, select_offline, select_sera
 
-SELECTORS = {"margin": select_margin}
+SELECTORS = {
+    "margin": select_margin,
+    "apl_certainty": select_certainty,
+    "apl_entropy": select_entropy,
+    "apl_hybrid": select_hybrid,
+    "sera": select_sera,
+    "sera_offline": select_offline,
+    "sera_bootstrap": select_bootstrap,
+    "arm": select_arm,
+}
