@@ -22,7 +22,7 @@ def test_sums_to_total_and_is_monotone(schedule, iterations, extra):
     total = iterations + extra
     counts = budget_schedule(schedule, total, iterations)
     assert len(counts) == iterations and sum(counts) == total and min(counts) >= 1
-    diffs = [b - a for a, b in zip(counts, counts[1:])]
+    diffs = [b - a for a, b in zip(counts, counts[1:], strict=False)]
     if schedule == "increase":
         assert all(d >= 0 for d in diffs)
     elif schedule == "decrease":

@@ -24,7 +24,7 @@ def test_within_group_pairs_are_all_pairs(sizes):
     groups = np.repeat(np.arange(len(sizes)), sizes)
     a, b = base.within_group_pairs(groups)
     expected = [(i, j) for i in range(len(groups)) for j in range(i + 1, len(groups)) if groups[i] == groups[j]]
-    assert list(zip(a.tolist(), b.tolist())) == expected
+    assert list(zip(a.tolist(), b.tolist(), strict=True)) == expected
 
 
 @given(st.lists(st.sampled_from([0.0, 1.0, 2.0]), min_size=1, max_size=30), st.integers(0, 9))
@@ -33,6 +33,6 @@ def test_rank_orders_by_value_then_key(values, seed):
     keys = base.row_keys(base.id_hashes([str(i) for i in range(len(v))]), seed)
     order = base.rank(v, keys, "smallest")
     assert sorted(order.tolist()) == list(range(len(v)))
-    pairs = list(zip(v[order], keys[order]))
+    pairs = list(zip(v[order], keys[order], strict=True))
     assert pairs == sorted(pairs)
     assert np.all(np.diff(v[base.rank(v, keys, "largest")]) <= 0)
