@@ -70,7 +70,7 @@ def entropy_by_prompt(scored: base.Source, *, per_token: bool = False) -> tuple[
 
 def draw_prompts(prompts: base.Source, count: int, *, seed: int = 0) -> pa.Table:
     """A seeded uniform draw of ``count`` prompts (PROMPTS rows), independent of row order."""
-    table = base.read_columns(prompts, ["prompt_id"], "prompts", optional=("prompt", "source"))
+    table = base.canonical(base.read_columns(prompts, ["prompt_id"], "prompts", optional=("prompt", "source")), ["prompt_id"])
     keys = base.row_keys(base.id_hashes(table.column("prompt_id")), seed)
     pos = base.rank(np.zeros(len(keys)), keys, "random")[: min(count, len(keys))]
     return table.take(pa.array(np.sort(pos)))
