@@ -24,7 +24,9 @@ The log-det strategies come in two solvers (``solver=``):
 - ``greedy`` (default): start from ``M = I/sigma^2`` (+ past) and repeatedly add the
   candidate with the largest gain ``log(1 + lambda_i d_i^T M^-1 d_i)``, updating ``M^-1``
   and every candidate's quadratic form by Sherman-Morrison (rank one, ``O(n H)`` a step):
-  it does not pick near-duplicates.
+  it does not pick near-duplicates. Greedy is not guaranteed to beat top-c (it lost on
+  0.4% of random small instances), so this solver returns whichever of the two designs
+  has the larger log-det (:func:`greedy_or_topc`).
 
 ``I/sigma^2`` is the Gaussian prior on ``w``: with fewer pairs than features ``M`` would
 be singular without it.
@@ -128,6 +130,19 @@ def greedy_logdet(d: np.ndarray, weights: np.ndarray, c: int, prior: np.ndarray,
         q -= weights * weights[j] * (d @ v) ** 2 / denom
         np.maximum(q, 0.0, out=q)  # round-off can push a spent direction below zero
     return picked
+
+
+def greedy_or_topc(d: np.ndarray, weights: np.ndarray, c: int, prior: np.ndarray, keys: np.ndarray) -> np.ndarray:
+    """The greedy design, unless the paper's top-c leverage design has a larger log-det.
+
+    Log-det is submodular, so greedy is within (1 - 1/e) of the optimum but not always
+    better than a heuristic: on 3,000 random small instances pure greedy lost to top-c in
+    12 (by up to 0.54 nats). Computing both costs one extra ``O(n H^2)`` pass, and makes
+    ``greedy`` never worse than ``topc``.
+    """
+    g = greedy_logdet(d, weights, c, prior, keys)
+    t = leverage_topc(d, weights, c, prior, keys)
+    return t if log_det(d, weights, t, prior) > log_det(d, weights, g, prior) else g
 
 
 # --- coreset ---------------------------------------------------------------------------
@@ -341,12 +356,14 @@ def choose(
     c = min(c, n)
     if strategy not in STRATEGIES:
         raise ValueError(f"strategy must be one of {STRATEGIES}, got {strategy!r}")
+    if c <= 0:
+        return np.zeros(0, dtype=np.int64)
     if strategy in ("dopt", "pa_dopt", "xtx"):
         weights = np.ones(n) if strategy == "xtx" else fisher_weights(d, w)
         past_arg = past if strategy == "pa_dopt" else None
         prior = prior_matrix(d.shape[1], sigma, past_arg, None if past_arg is None else fisher_weights(past_arg, w))
         if solver == "greedy":
-            return greedy_logdet(d, weights, c, prior, keys)
+            return greedy_or_topc(d, weights, c, prior, keys)
         if solver == "topc":
             return leverage_topc(d, weights, c, prior, keys)
         raise ValueError(f"solver must be 'greedy' or 'topc', got {solver!r}")

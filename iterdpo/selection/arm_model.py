@@ -13,6 +13,8 @@ last-layer weights ``w``.
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import numpy as np
 
 
@@ -20,6 +22,20 @@ def _torch():
     import torch
 
     return torch
+
+
+@contextmanager
+def _threads(n: int | None):
+    """Run with ``n`` intra-op threads: a 64-unit MLP is ~15x faster on one thread than on
+    two busy cores (measured: 20 epochs x 800 pairs, 1.2 s vs 19.5 s)."""
+    torch = _torch()
+    old = torch.get_num_threads()
+    if n:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
 
 
 def build_model(dim: int, *, hidden: int = 64, layers: int = 3, seed: int = 0):
@@ -49,6 +65,7 @@ def fit_bradley_terry(
     weight_decay: float = 1e-4,
     batch_size: int = 64,
     seed: int = 0,
+    threads: int | None = 1,
 ):
     """Train in place on labelled pairs: minimise BCE(sigmoid(r_a - r_b), a_wins).
 
@@ -58,7 +75,6 @@ def fit_bradley_terry(
     Returns the model (eval mode) and the final epoch's mean loss.
     """
     torch = _torch()
-    import torch.nn.functional as F
 
     xa = torch.as_tensor(np.asarray(emb_a, np.float32))
     xb = torch.as_tensor(np.asarray(emb_b, np.float32))
@@ -68,6 +84,15 @@ def fit_bradley_terry(
     gen = torch.Generator().manual_seed(seed)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
     model.train()
+    with _threads(threads):
+        last = _epochs(model, opt, xa, xb, y, epochs, batch_size, gen)
+    return model.eval(), last
+
+
+def _epochs(model, opt, xa, xb, y, epochs: int, batch_size: int, gen) -> float:
+    torch = _torch()
+    import torch.nn.functional as F
+
     last = float("nan")
     for _ in range(epochs):
         perm = torch.randperm(len(y), generator=gen)
@@ -79,16 +104,16 @@ def fit_bradley_terry(
             opt.zero_grad()
             loss.backward()
             opt.step()
-            total += float(loss) * len(idx)
+            total += float(loss.detach()) * len(idx)
         last = total / len(y)
-    return model.eval(), last
+    return last
 
 
 def features(model, emb: np.ndarray, batch_size: int = 4096) -> tuple[np.ndarray, np.ndarray]:
     """(phi [n, H] float64, w [H] float64): last hidden layer of each embedding, last-layer weights."""
     torch = _torch()
     out = []
-    with torch.no_grad():
+    with torch.no_grad(), _threads(1):
         x = torch.as_tensor(np.asarray(emb, np.float32))
         for i in range(0, len(x), batch_size):
             out.append(model[0](x[i : i + batch_size]).double().numpy())
