@@ -58,6 +58,15 @@ from iterdpo.selection import base
 # --- helpers ---------------------------------------------------------------------------
 
 
+def one_blas_thread():
+    """Context: numpy's BLAS on one thread. The greedy loops are many small products, where
+    OpenBLAS threads spin-wait; on two busy cores one thread was 5x faster (greedy D-opt,
+    100k x 128, choose 1,000: 5.7 s vs 27.9 s)."""
+    from threadpoolctl import threadpool_limits
+
+    return threadpool_limits(limits=1, user_api="blas")
+
+
 def sigmoid(x: np.ndarray) -> np.ndarray:
     return 0.5 * (1.0 + np.tanh(0.5 * np.asarray(x, dtype=np.float64)))
 
@@ -103,32 +112,52 @@ def leverage_topc(d: np.ndarray, weights: np.ndarray, c: int, prior: np.ndarray,
     return base.rank(lev, keys, "largest")[:c]
 
 
-def greedy_logdet(d: np.ndarray, weights: np.ndarray, c: int, prior: np.ndarray, keys: np.ndarray) -> np.ndarray:
+def greedy_logdet(d: np.ndarray, weights: np.ndarray, c: int, prior: np.ndarray, keys: np.ndarray, *, block: int = 256) -> np.ndarray:
     """Greedy maximisation of ``log det(prior + sum_C weights d d^T)`` with rank-one updates.
 
-    Keeps ``A = M^-1`` and ``q_i = weights_i d_i^T A d_i``. Adding j with ``v = A d_j``::
+    Keeps ``A = M^-1``; adding j (gain ``log(1 + q_j)``, ``q_j = weights_j d_j^T A d_j``)
+    updates it by Sherman-Morrison, ``O(H^2)``::
 
-        A <- A - lambda_j v v^T / (1 + q_j)         (Sherman-Morrison)
-        q_i <- q_i - weights_i lambda_j (d_i . v)^2 / (1 + q_j)
+        A <- A - weights_j (A d_j)(A d_j)^T / (1 + q_j)
 
-    and the log-det grows by ``log(1 + q_j)``. ``O(n H)`` per pick, ``O(c n H)`` total.
+    Every ``q_i`` can only shrink as ``M`` grows (submodularity), so stale values are
+    upper bounds ("lazy greedy", Minoux 1978). Each pick re-evaluates exactly only the
+    ``block`` candidates with the largest bounds (one ``[B, H] x [H, H]`` product) and
+    accepts the best if it beats every other bound; otherwise the block grows (up to a
+    full sweep). Same picks as plain greedy (ties: smaller key, then index), at
+    ``O(n + B H^2)`` per pick instead of ``O(n H)``.
     """
+    with one_blas_thread():
+        return _greedy(d, weights, c, prior, keys, block)
+
+
+def _greedy(d: np.ndarray, weights: np.ndarray, c: int, prior: np.ndarray, keys: np.ndarray, block: int) -> np.ndarray:
     n = len(d)
     c = min(c, n)
     a = np.linalg.inv(prior)
-    q = weights * np.einsum("ij,ij->i", d @ a, d)
+    bound = weights * np.einsum("ij,ij->i", d @ a, d)  # exact at the start
     picked = np.empty(c, dtype=np.int64)
-    open_ = np.ones(n, dtype=bool)
     for t in range(c):
-        score = np.where(open_, q, -np.inf)
-        j = _argmax(score, keys)
+        size = min(block, n - t)
+        while True:
+            if size >= n - t:  # full sweep over every open candidate
+                blk = np.flatnonzero(np.isfinite(bound))
+                rest = -np.inf
+            else:
+                part = np.argpartition(-bound, size)
+                blk, rest = part[:size], bound[part[size]]
+            exact = np.maximum(weights[blk] * np.einsum("ij,ij->i", d[blk] @ a, d[blk]), 0.0)
+            bound[blk] = exact
+            best = exact.max()
+            if best > rest or size >= n - t:
+                tied = blk[exact == best]
+                j = int(tied[np.lexsort((tied, keys[tied]))[0]])
+                break
+            size *= 4
         picked[t] = j
-        open_[j] = False
         v = a @ d[j]
-        denom = 1.0 + q[j]
-        a -= weights[j] * np.outer(v, v) / denom
-        q -= weights * weights[j] * (d @ v) ** 2 / denom
-        np.maximum(q, 0.0, out=q)  # round-off can push a spent direction below zero
+        a -= weights[j] * np.outer(v, v) / (1.0 + bound[j])
+        bound[j] = -np.inf
     return picked
 
 
@@ -239,6 +268,11 @@ def batchbald_select(
     while that is <= ``max_configs``, then with ``max_configs`` sampled configurations
     weighted by ``1 / (S q(s))``, ``q(s) = mean_k C[k, s]``.
     """
+    with one_blas_thread():
+        return _batchbald(d, w, c, keys, precision, samples, max_configs, seed)
+
+
+def _batchbald(d, w, c, keys, precision, samples, max_configs, seed) -> np.ndarray:
     rng = np.random.default_rng(seed)
     n, h = d.shape
     c = min(c, n)

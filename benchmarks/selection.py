@@ -1,0 +1,147 @@
+"""Selector benchmarks: wall time of the large-input paths.
+
+    python benchmarks/selection.py                 # all cases, default sizes
+    python benchmarks/selection.py --case margin --prompts 35715 --n 8
+    python benchmarks/selection.py --case dopt --candidates 100000 --dim 128 --choose 1000
+
+Cases:
+- ``margin``: SCORED rows of ``prompts x n`` responses -> all n(n-1)/2 pairs per prompt
+  (35,715 x 8 -> 1,000,020 pairs), instance ``smallest`` + corpus ``smallest`` 50%,
+  read from a Parquet file (so column reading is included).
+- ``dopt``: greedy D-optimal design with Sherman-Morrison updates over ``candidates``
+  feature differences of ``dim`` dims, choosing ``choose`` (plus the top-c comparison).
+- ``sera``: SeRA offline selection over ``pairs`` offline pairs + bootstrapping over
+  ``prompts x 4`` samples.
+- ``arm``: select_arm end to end (features from the reward MLP, candidate pool,
+  strategy) on a cross-prompt pool.
+
+Prints one line per case: name, sizes, seconds (best of ``--repeat``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from iterdpo import records  # noqa: E402
+from iterdpo.selection import arm, base, sera  # noqa: E402
+from iterdpo.selection.margin import select_margin  # noqa: E402
+
+
+def scored_table(prompts: int, n: int, seed: int = 0) -> pa.Table:
+    """A synthetic SCORED table built column-wise (no per-row python objects)."""
+    rng = np.random.default_rng(seed)
+    pid = np.char.add("p", np.arange(prompts).astype(str))
+    pids = np.repeat(pid, n)
+    k = np.tile(np.char.zfill(np.arange(n).astype(str), 4), prompts)
+    cid = np.char.add(np.char.add(pids, "-"), k)
+    reward = np.round(rng.normal(size=prompts * n), 3)  # rounded: realistic ties
+    ntok = rng.integers(5, 60, size=prompts * n)
+    text = np.char.add("response ", rng.integers(0, 10**9, size=prompts * n).astype(str))
+    return pa.table(
+        {
+            "prompt_id": pids, "completion_id": cid, "prompt": pa.repeat(pa.scalar("q"), prompts * n),
+            "completion": text, "num_tokens": pa.array(ntok, pa.int32()),
+            "finish_reason": pa.repeat(pa.scalar("stop"), prompts * n),
+            "policy_logp": -ntok.astype(float), "ref_logp": -ntok.astype(float) - reward / 0.1,
+            "reward": reward, "reward_norm": reward / ntok, "reward_simpo": -0.1 * np.ones(prompts * n),
+        },
+        schema=records.SCORED,
+    )
+
+
+def best_of(fn, repeat: int) -> float:
+    times = []
+    for _ in range(repeat):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return min(times)
+
+
+def bench_margin(a) -> None:
+    table = scored_table(a.prompts, a.n)
+    pairs = a.prompts * a.n * (a.n - 1) // 2
+    with tempfile.TemporaryDirectory() as d:
+        path = Path(d) / "scored.parquet"
+        records.write_table(table, path)
+        out = []
+        s = best_of(lambda: out.append(select_margin(path, instance="smallest", corpus="smallest", corpus_fraction=0.5)), a.repeat)
+    print(f"margin   {a.prompts} prompts x {a.n} = {pairs:,} candidate pairs -> {out[-1].num_rows:,} kept: {s:.2f} s")
+
+
+def bench_dopt(a) -> None:
+    rng = np.random.default_rng(0)
+    d = rng.normal(size=(a.candidates, a.dim)) / np.sqrt(a.dim)
+    w = rng.normal(size=a.dim)
+    keys = base.row_keys(np.arange(a.candidates, dtype=np.uint64), 0)
+    weights = arm.fisher_weights(d, w)
+    prior = arm.prior_matrix(a.dim, 1.0)
+    picked = []
+    s = best_of(lambda: picked.append(arm.greedy_logdet(d, weights, a.choose, prior, keys)), a.repeat)
+    s2 = best_of(lambda: picked.append(arm.choose("dopt", d, w, a.choose, keys, solver="greedy")), a.repeat)
+    t = best_of(lambda: picked.append(arm.leverage_topc(d, weights, a.choose, prior, keys)), a.repeat)
+    g_ld = arm.log_det(d, weights, picked[0], prior)
+    t_ld = arm.log_det(d, weights, picked[-1], prior)
+    print(f"dopt     greedy (Sherman-Morrison) {a.candidates:,} x {a.dim} choose {a.choose:,}: {s:.2f} s; "
+          f"solver='greedy' (greedy + top-c check) {s2:.2f} s; top-c {t:.2f} s; log-det greedy {g_ld:.1f} vs top-c {t_ld:.1f}")
+
+
+def bench_sera(a) -> None:
+    rng = np.random.default_rng(0)
+    n = a.pairs
+    ids = np.char.add("o", np.arange(2 * n).astype(str))
+    pairs = pa.table({"prompt_id": np.char.add("p", np.arange(n).astype(str)), "chosen_id": ids[:n], "rejected_id": ids[n:],
+                      "chosen_reward": rng.normal(size=n), "rejected_reward": rng.normal(size=n),
+                      "prev_chosen_reward": rng.normal(size=n), "prev_rejected_reward": rng.normal(size=n)})
+    samples = scored_table(a.prompts, 4).append_column("prev_reward", pa.array(rng.normal(size=a.prompts * 4)))
+    out = []
+    s = best_of(lambda: out.append(sera.select_sera(3, pairs, samples=samples, lam=0.3)), a.repeat)
+    print(f"sera     {n:,} offline pairs + {a.prompts:,} prompts x 4 samples -> {out[-1].num_rows:,} pairs: {s:.2f} s")
+
+
+def bench_arm(a) -> None:
+    from iterdpo.selection import arm_model
+
+    rng = np.random.default_rng(0)
+    prompts, n, dim = 500, 10, a.dim
+    pid = np.repeat(np.char.add("p", np.arange(prompts).astype(str)), n)
+    cid = np.char.add(np.char.add(pid, "-"), np.tile(np.arange(n).astype(str), prompts))
+    emb = rng.normal(size=(prompts * n, dim)).astype(np.float32)
+    t = pa.table({"prompt_id": pid, "completion_id": cid,
+                  "embedding": pa.FixedSizeListArray.from_arrays(pa.array(emb.ravel()), dim).cast(pa.list_(pa.float32()))})
+    model = arm_model.build_model(dim, seed=0)
+    for strategy in ("dopt", "batchbald"):
+        out = []
+        s = best_of(lambda strategy=strategy: out.append(arm.select_arm(t, strategy=strategy, count=125, pool="cross_prompt", pool_size=20000, model=model)), a.repeat)
+        print(f"arm      {strategy}: 500 prompts x 10 responses, {dim}-dim embeddings, cross-prompt pool of 20,000, choose 125: {s:.2f} s")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--case", choices=["margin", "dopt", "sera", "arm", "all"], default="all")
+    p.add_argument("--prompts", type=int, default=35715)
+    p.add_argument("--n", type=int, default=8)
+    p.add_argument("--candidates", type=int, default=100_000)
+    p.add_argument("--dim", type=int, default=128)
+    p.add_argument("--choose", type=int, default=1000)
+    p.add_argument("--pairs", type=int, default=100_000)
+    p.add_argument("--repeat", type=int, default=1)
+    a = p.parse_args()
+    print(f"cpu cores visible: {os.cpu_count()}, affinity: {len(os.sched_getaffinity(0))}")
+    for case, fn in (("margin", bench_margin), ("dopt", bench_dopt), ("sera", bench_sera), ("arm", bench_arm)):
+        if a.case in (case, "all"):
+            fn(a)
+
+
+if __name__ == "__main__":
+    main()
