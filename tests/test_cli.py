@@ -34,3 +34,15 @@ def test_config_command_and_errors(tmp_path):
 def test_stage_needs_iteration():
     err = subprocess.run([sys.executable, "-m", "iterdpo", "score"], capture_output=True, text=True)
     assert err.returncode == 2 and "--iteration" in err.stderr
+
+
+def test_malformed_prompt_file_is_reported_with_file_line_field(tmp_path):
+    bad = tmp_path / "prompts.jsonl"
+    bad.write_bytes(b'{"prompt": "fine"}\n{"prompt": ""}\n')
+    err = subprocess.run(
+        [sys.executable, "-m", "iterdpo", "sample", "-k", "1", f"data.prompts={bad}", f"run.output_dir={tmp_path}"],
+        capture_output=True, text=True,
+    )
+    assert err.returncode == 2
+    assert f"{bad}: line 2, field 'prompt': empty prompt" in err.stderr
+    assert "Traceback" not in err.stderr
