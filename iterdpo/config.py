@@ -20,8 +20,6 @@ before validation.
 
 from __future__ import annotations
 
-import hashlib
-import json
 from pathlib import Path
 from typing import Any, Literal
 
@@ -189,11 +187,6 @@ class Config(_Section):
 
             return budget_schedule(counts.schedule, counts.total, self.run.iterations)[iteration - 1]
         return counts[iteration - 1] if isinstance(counts, list) else counts
-
-    def section_hash(self, *sections: str) -> str:
-        """Fingerprint of the named sections (what a stage's output depends on)."""
-        blob = json.dumps({s: getattr(self, s).model_dump() for s in sections}, sort_keys=True)
-        return hashlib.sha1(blob.encode()).hexdigest()[:16]
 
     def run_dir(self) -> Path:
         return Path(self.run.output_dir) / self.run.name

@@ -209,7 +209,8 @@ def select(run: Run, k: int) -> dict:
 
 
 def annotate(run: Run, k: int) -> dict:
-    from iterdpo.annotation import annotate as label, get_annotator
+    from iterdpo.annotation import annotate as label
+    from iterdpo.annotation import get_annotator
 
     cfg = run.cfg
     key = key_of(inp=run.stage_key(k, "select"), annotate=cfg.annotate.model_dump(), ref=cfg.run.reference, init=cfg.run.init, seed=cfg.run.seed)

@@ -25,7 +25,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pyarrow as pa
@@ -219,8 +219,3 @@ def load_prompts(path: str | Path, source: str | None = None) -> pa.Table:
 def rows_by(table: pa.Table, key: str) -> dict[str, dict]:
     """Index a table's rows by one column (used for joins on small per-iteration tables)."""
     return {r[key]: r for r in table.to_pylist()}
-
-
-def batched(items: list, size: int) -> Iterable[list]:
-    for i in range(0, len(items), size):
-        yield items[i : i + size]

@@ -114,7 +114,7 @@ def warm_up(model, tokenizer, examples: list[tuple[str, str]], *, seed: int, ste
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         sched.step()
-        losses.append(float(loss))
+        losses.append(loss.item())
     return losses
 
 

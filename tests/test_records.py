@@ -1,0 +1,75 @@
+import json
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from iterdpo import records
+from iterdpo.records import RecordError, load_prompts
+
+
+def test_jsonl_json_parquet_and_chat(tmp_path):
+    rows = [{"prompt": "hello"}, {"prompt": [{"role": "system", "content": "s"}, {"role": "user", "content": "hi"}]}]
+    (tmp_path / "p.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n\n")
+    (tmp_path / "p.json").write_text(json.dumps(rows))
+    t = load_prompts(tmp_path / "p.jsonl")
+    assert t.column("prompt").to_pylist() == ["hello", "hi"]
+    assert t.column("prompt_id").to_pylist()[0] == records.prompt_id("hello")
+    assert load_prompts(tmp_path / "p.json").equals(t)
+    pq.write_table(pa.Table.from_pylist([{"prompt": "hello", "source": "x"}]), tmp_path / "p.parquet")
+    assert load_prompts(tmp_path / "p.parquet").column("source").to_pylist() == ["x"]
+
+
+def test_duplicates_kept_once(tmp_path):
+    (tmp_path / "p.jsonl").write_text('{"prompt": "a"}\n{"prompt": "a"}\n{"prompt": "b"}\n')
+    assert load_prompts(tmp_path / "p.jsonl").num_rows == 2
+
+
+@pytest.mark.parametrize(
+    "content, match",
+    [
+        (b'{"prompt": "ok"}\n{"text": "no prompt"}\n', r"line 2, field 'prompt': missing"),
+        (b'{"prompt": "ok"}\n{"prompt": 42}\n', r"line 2, field 'prompt': expected a string .* got int"),
+        (b'{"prompt": "ok"}\n\n{"prompt": "   "}\n', r"line 3, field 'prompt': empty prompt"),
+        (b'{"prompt": "ok"}\n{"prompt": "caf\xe9"}\n', r"line 2: not valid UTF-8 \(byte 0xe9"),
+        (b'{"prompt": "ok"}\n{"prompt": \n', r"line 2: not valid JSON"),
+        (b'{"prompt": "ok", "source": 3}\n', r"line 1, field 'source': expected a string"),
+        (b'["prompt"]\n', r"line 1: expected an object"),
+        (b'{"prompt": [{"role": "assistant", "content": "x"}]}\n', r"line 1, field 'prompt': a chat must"),
+        (b"", r"no prompts"),
+    ],
+)
+def test_bad_prompt_files_name_file_row_field(tmp_path, content, match):
+    p = tmp_path / "bad.jsonl"
+    p.write_bytes(content)
+    with pytest.raises(RecordError, match=match) as e:
+        load_prompts(p)
+    assert str(p) in str(e.value)
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(RecordError, match="not found"):
+        load_prompts(tmp_path / "nope.jsonl")
+
+
+def test_bad_json_list_row(tmp_path):
+    p = tmp_path / "p.json"
+    p.write_text(json.dumps([{"prompt": "a"}, {"prompt": ""}]))
+    with pytest.raises(RecordError, match=r"row 1, field 'prompt': empty"):
+        load_prompts(p)
+
+
+def test_write_table_is_atomic_and_read_folder(tmp_path):
+    t = records.from_rows([{"prompt_id": "1", "prompt": "a", "source": "s"}], records.PROMPTS)
+    records.write_table(t, tmp_path / "d" / "shard-00001.parquet")
+    records.write_table(t, tmp_path / "d" / "shard-00000.parquet")
+    assert not list((tmp_path / "d").glob(".*"))  # no temp files left
+    assert records.read_table(tmp_path / "d").num_rows == 2
+    with pytest.raises(RecordError, match="no .parquet"):
+        records.read_table(tmp_path)
+
+
+def test_check_columns():
+    t = pa.table({"prompt": ["a"]})
+    with pytest.raises(RecordError, match=r"x.parquet: missing column\(s\) \['prompt_id', 'source'\]"):
+        records.check_columns(t, records.PROMPTS, "x.parquet")
