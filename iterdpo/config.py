@@ -112,6 +112,11 @@ class ScoreConfig(_Section):
 
 
 class SelectConfig(_Section):
+    selector: Literal["margin", "certainty"] = Field(
+        "margin",
+        description="'margin' = instance + corpus margin selection (Yang et al.); 'certainty' = APL's "
+        "largest |r1 - r2| of each prompt's first two responses (Muldrew et al.), keeping corpus_fraction of the prompts.",
+    )
     instance: Literal["smallest", "largest", "random"] = Field(
         "smallest", description="Pair kept per prompt among its N(N-1)/2 pairs, by absolute margin."
     )

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import random
 import time
@@ -197,10 +198,19 @@ def select(run: Run, k: int) -> dict:
 
     def write(tmp: Path) -> dict:
         s = cfg.select
-        table = select_margin(
-            run.data(k, "score", "scored.parquet"), instance=s.instance, corpus=s.corpus,
-            corpus_fraction=s.corpus_fraction, margin=s.margin, seed=derived_seed(cfg, k, "select"),
-        )
+        if s.selector == "certainty":
+            import pyarrow.compute as pc
+
+            from iterdpo.selection.apl import select_certainty
+
+            scored = run.data(k, "score", "scored.parquet")
+            count = math.ceil(s.corpus_fraction * pc.count_distinct(scored.column("prompt_id")).as_py())
+            table = select_certainty(scored, count=count, margin=s.margin, seed=derived_seed(cfg, k, "select"))
+        else:
+            table = select_margin(
+                run.data(k, "score", "scored.parquet"), instance=s.instance, corpus=s.corpus,
+                corpus_fraction=s.corpus_fraction, margin=s.margin, seed=derived_seed(cfg, k, "select"),
+            )
         records.write_table(table, tmp / "candidates.parquet")
         m = table.column("margin").to_pylist()
         return {"pairs": table.num_rows, "mean_abs_margin": sum(m) / max(len(m), 1)}

@@ -257,7 +257,7 @@ def batchbald_select(
     *,
     precision: np.ndarray,
     samples: int = 32,
-    max_configs: int = 256,
+    max_configs: int = 128,
     seed: int = 0,
 ) -> np.ndarray:
     """Greedy BatchBALD over a Laplace last layer ``w_k ~ N(w, precision^-1)``.
