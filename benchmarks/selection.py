@@ -14,6 +14,8 @@ Cases:
   ``prompts x 4`` samples.
 - ``arm``: select_arm end to end (features from the reward MLP, candidate pool,
   strategy) on a cross-prompt pool.
+- ``simulate`` (not part of ``all``): active reward modelling rounds on a synthetic
+  task, every strategy, 1 - Spearman and best-of-N after each round.
 
 Prints one line per case: name, sizes, seconds (best of ``--repeat``).
 """
@@ -122,13 +124,76 @@ def bench_arm(a) -> None:
     model = arm_model.build_model(dim, seed=0)
     for strategy in ("dopt", "batchbald"):
         out = []
-        s = best_of(lambda strategy=strategy: out.append(arm.select_arm(t, strategy=strategy, count=125, pool="cross_prompt", pool_size=20000, model=model)), a.repeat)
+        s = best_of(lambda strategy=strategy, out=out: out.append(arm.select_arm(t, strategy=strategy, count=125, pool="cross_prompt", pool_size=20000, model=model)), a.repeat)
         print(f"arm      {strategy}: 500 prompts x 10 responses, {dim}-dim embeddings, cross-prompt pool of 20,000, choose 125: {s:.2f} s")
+
+
+def simulate(a) -> None:
+    """Active reward modelling on a synthetic task: does the strategy matter?
+
+    Responses: 500 train prompts x 10 (cross-prompt pool of 20,000 pairs redrawn per round)
+    and 100 test prompts x 10; embeddings e = prompt vector + response vector (32 dims);
+    gold g = tanh(e . u) + 0.5 (e . v)^2. Each round labels 125 pairs with the simulated
+    annotator (temperature 1), retrains the reward MLP from scratch on all labels, and
+    reports 1 - Spearman (mean over test prompts) and best-of-10 gold reward.
+    """
+    from iterdpo.selection import arm_model
+
+    dim, per = 32, 10
+
+    def world(prompts, seed):
+        r = np.random.default_rng(seed)
+        e = np.repeat(r.normal(size=(prompts, dim)), per, axis=0) + 0.7 * r.normal(size=(prompts * per, dim))
+        pid = np.repeat(np.char.add("p", np.arange(prompts).astype(str)), per)
+        cid = np.char.add(np.char.add(pid, f"-{seed}-"), np.tile(np.arange(per).astype(str), prompts))
+        return pid, cid, e
+
+    r0 = np.random.default_rng(123)
+    u, v = r0.normal(size=dim) / np.sqrt(dim), r0.normal(size=dim) / np.sqrt(dim)
+    gold_of = lambda e: np.tanh(e @ u) + 0.5 * (e @ v) ** 2  # noqa: E731
+    strategies = a.strategies.split(",")
+    print(f"simulate: rounds={a.rounds} x {a.batch} labels, seeds={a.seeds}; columns: 1-spearman / best-of-10 after each round")
+    for strategy in strategies:
+        res = []
+        for seed in range(a.seeds):
+            pid, cid, e = world(500, seed)
+            tpid, _, te = world(100, 1000 + seed)
+            g, tg = gold_of(e), gold_of(te)
+            t = pa.table({"prompt_id": pid, "completion_id": cid,
+                          "embedding": pa.FixedSizeListArray.from_arrays(pa.array(e.astype(np.float32).ravel()), dim).cast(pa.list_(pa.float32()))})
+            index = {c: i for i, c in enumerate(cid.tolist())}
+            labelled = None
+            model = arm_model.build_model(dim, seed=seed)
+            curve = []
+            wins_all = np.zeros(0)
+            for rnd in range(a.rounds):
+                opts = {"max_configs": 64, "samples": 16} if strategy == "batchbald" else {}
+                pick = arm.select_arm(t, strategy=strategy, count=a.batch, model=model, pool="cross_prompt", pool_size=20000,
+                                      labelled=labelled, seed=seed * 100 + rnd, **opts).select(["a_id", "b_id"])
+                labelled = pick if labelled is None else pa.concat_tables([labelled, pick])
+                ia = np.array([index[x] for x in pick.column("a_id").to_pylist()])
+                ib = np.array([index[x] for x in pick.column("b_id").to_pylist()])
+                keys = base.pair_keys(base.id_hashes(pick.column("a_id")), base.id_hashes(pick.column("b_id")), seed)
+                wins_all = np.concatenate([wins_all, arm.simulate_preferences(g[ia], g[ib], keys, scale=g.std())])
+                la = np.array([index[x] for x in labelled.column("a_id").to_pylist()])
+                lb = np.array([index[x] for x in labelled.column("b_id").to_pylist()])
+                model = arm_model.build_model(dim, seed=seed)
+                arm_model.fit_bradley_terry(model, e[la], e[lb], wins_all, epochs=30, seed=seed)
+                pred = arm_model.rewards(model, te)
+                curve.append((arm.one_minus_spearman(tpid, pred, tg), arm.best_of_n(tpid, pred, tg)))
+            res.append(curve)
+        mean = np.mean(np.array(res), axis=0)
+        cells = "  ".join(f"{m:.3f}/{b:.3f}" for m, b in mean)
+        print(f"  {strategy:10s} {cells}")
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--case", choices=["margin", "dopt", "sera", "arm", "all"], default="all")
+    p.add_argument("--case", choices=["margin", "dopt", "sera", "arm", "simulate", "all"], default="all")
+    p.add_argument("--rounds", type=int, default=4)
+    p.add_argument("--batch", type=int, default=125)
+    p.add_argument("--seeds", type=int, default=2)
+    p.add_argument("--strategies", default="random,entropy,maxdiff,xtx,dopt,pa_dopt,coreset,batchbald")
     p.add_argument("--prompts", type=int, default=35715)
     p.add_argument("--n", type=int, default=8)
     p.add_argument("--candidates", type=int, default=100_000)
@@ -141,6 +206,8 @@ def main() -> None:
     for case, fn in (("margin", bench_margin), ("dopt", bench_dopt), ("sera", bench_sera), ("arm", bench_arm)):
         if a.case in (case, "all"):
             fn(a)
+    if a.case == "simulate":
+        simulate(a)
 
 
 if __name__ == "__main__":
