@@ -86,13 +86,12 @@ def canonical(table: pa.Table, keys: list[str]) -> pa.Table:
 
 
 def check_unique(table: pa.Table, key: str, where: str) -> None:
-    """Raise if an id column (already in canonical order) has a duplicate."""
-    col = table.column(key).combine_chunks()
-    if len(col) > 1:
-        same = pc.equal(col.slice(1), col.slice(0, len(col) - 1))
-        dup = np.flatnonzero(np.asarray(pc.fill_null(same, False).to_numpy(zero_copy_only=False)))
-        if dup.size:
-            raise records.RecordError(f"{where}: duplicate {key} {col[int(dup[0]) + 1].as_py()!r}")
+    """Raise if an id column has a duplicate (naming the first duplicated id)."""
+    col = table.column(key)
+    if pc.count_distinct(col).as_py() != len(col):
+        counts = pc.value_counts(col)
+        dup = counts.field("values").filter(pc.greater(counts.field("counts"), 1))
+        raise records.RecordError(f"{where}: duplicate {key} {dup[0].as_py()!r}")
 
 
 def group_codes(sorted_ids: pa.ChunkedArray | pa.Array) -> np.ndarray:
