@@ -25,6 +25,7 @@ from pathlib import Path
 from iterdpo import records
 from iterdpo.config import Config, dump_config
 from iterdpo.rundir import RunDir, fingerprint_files, key_of
+from iterdpo.tracking import make_tracker
 
 STAGES = ("sample", "score", "select", "annotate", "train", "evaluate")
 
@@ -209,7 +210,8 @@ def select(run: Run, k: int) -> dict:
 
 
 def annotate(run: Run, k: int) -> dict:
-    from iterdpo.annotation import annotate as label, get_annotator
+    from iterdpo.annotation import annotate as label
+    from iterdpo.annotation import get_annotator
 
     cfg = run.cfg
     key = key_of(inp=run.stage_key(k, "select"), annotate=cfg.annotate.model_dump(), ref=cfg.run.reference, init=cfg.run.init, seed=cfg.run.seed)
@@ -336,11 +338,14 @@ def run_all(cfg: Config) -> dict:
     run.rd.root.mkdir(parents=True, exist_ok=True)
     (run.rd.root / "config.yaml").write_text(dump_config(cfg))
     start = time.time()
+    tracker = make_tracker(run)
     for k in range(1, cfg.run.iterations + 1):
         for stage in STAGES:
             STAGE_FNS[stage](run, k)
         write_summary(run)
+        tracker.log_iteration(run, k)
     summary = write_summary(run)
+    tracker.finish(summary)
     _log(f"finished {cfg.run.iterations} iteration(s) in {time.time() - start:.1f} s -> {run.rd.root / 'summary.json'}")
     print(format_table(summary), flush=True)
     return summary
