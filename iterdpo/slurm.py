@@ -60,7 +60,8 @@ def add_parser(sub) -> None:
     p.add_argument("--accelerate-config", help="accelerate config file (e.g. a DeepSpeed ZeRO config)")
     p.add_argument("--setup", action="append", default=[], metavar="CMD", help="shell line run first in each job, e.g. 'source .venv/bin/activate' (repeatable)")
     p.add_argument("--python", default=sys.executable, help="python of the jobs (default: this one)")
-    p.add_argument("--after", help="job id the first job waits for (afterok)")
+    p.add_argument("--after", help="job id the first job waits to complete (afterok), or a dependency such as "
+                   "after:ID (start once job ID has started, e.g. a vLLM server pool)")
     p.add_argument("--wait", action="store_true", help="wait for the last job; exit 1 unless it completed")
     p.add_argument("--dry-run", action="store_true", help="write and print the scripts, submit nothing")
 
@@ -132,8 +133,8 @@ def render(args: argparse.Namespace, config_path: Path, log_dir: Path, job_name:
 
 def sbatch(script: Path, after: str | None = None) -> str:
     cmd = ["sbatch", "--parsable"]
-    if after:
-        cmd.append(f"--dependency=afterok:{after}")
+    if after:  # a job id (afterok) or a full dependency such as after:123 (once 123 has started)
+        cmd.append(f"--dependency={after if ':' in after else f'afterok:{after}'}")
     res = subprocess.run([*cmd, str(script)], capture_output=True, text=True)
     if res.returncode != 0:
         raise SlurmError(f"sbatch {script} failed: {res.stderr.strip()}")
