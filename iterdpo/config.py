@@ -72,8 +72,12 @@ class ModelConfig(_Section):
 
 
 class DataConfig(_Section):
-    prompts: str = Field("toy", description="Prompt file (.jsonl/.json/.parquet with a 'prompt' field) or 'toy'.")
-    eval_prompts: str = Field("toy", description="Held-out prompt file for evaluation, or 'toy'.")
+    prompts: str = Field(
+        "toy",
+        description="Prompt file (.jsonl/.json/.parquet with a 'prompt' field), 'toy', or a dataset "
+        "'hf:NAME[:SPLIT][?field=F&config=C&words=N&limit=N]' (hub id or local folder; see iterdpo.hub).",
+    )
+    eval_prompts: str = Field("toy", description="Held-out prompts for evaluation: a file, 'toy' or 'hf:...' as for prompts.")
     prompts_per_iteration: int | list[int] = Field(
         256, description="Prompts drawn each iteration: one number, or one per iteration (a budget schedule)."
     )

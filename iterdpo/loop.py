@@ -72,6 +72,10 @@ class Run:
 
     def prompt_file(self, which: str) -> Path:
         value = self.cfg.data.prompts if which == "train" else self.cfg.data.eval_prompts
+        if value.startswith("hf:"):  # a hub (or local) dataset, copied into the run dir once
+            from iterdpo.hub import materialize
+
+            return materialize(value, self.rd.root / f"prompts_{which}.jsonl")
         return self.toy_dir() / f"prompts_{which}.jsonl" if value == "toy" else Path(value)
 
     def prompts_for(self, k: int):
