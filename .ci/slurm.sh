@@ -53,7 +53,7 @@ MEM=$(( $(free -m | awk '/^Mem:/ {print $2}') * 8 / 10 ))   # below free -m, or 
 mkdir -p /etc/slurm
 cat > /etc/slurm/slurm.conf <<CONF
 ClusterName=iterdpo-ci
-SlurmctldHost=${HOST}
+SlurmctldHost=${HOST}(127.0.0.1)
 AuthType=auth/munge
 CredType=cred/munge
 # requeued batch jobs wait cred_expire seconds before they start again (default 120)

@@ -78,6 +78,7 @@ def monkeypatch_module():
     mp.undo()
 
 
+@pytest.mark.slow
 def test_offline_files_hold_iteration_metrics(tracked):
     root = tracked.run_dir()
     files = sorted(root.glob("wandb/offline-run-*/run-*.wandb"))
@@ -106,6 +107,7 @@ def test_offline_files_hold_iteration_metrics(tracked):
     assert labels.count("chosen") == labels.count("rejected") >= 1
 
 
+@pytest.mark.slow
 def test_resume_continues_the_same_wandb_run_and_logs_once(tracked, monkeypatch_module):
     from iterdpo.loop import run_all
 
@@ -119,6 +121,7 @@ def test_resume_continues_the_same_wandb_run_and_logs_once(tracked, monkeypatch_
     assert "summary/gold_win_rate_vs_sft" not in history(read_wandb_records(files[-1]))
 
 
+@pytest.mark.slow
 def test_report_to_none_needs_no_wandb(tracked, tmp_path):
     """With wandb unimportable, 'none' tracks nothing and 'wandb' fails with a clear message."""
     code = textwrap.dedent(
