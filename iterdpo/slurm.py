@@ -135,7 +135,10 @@ def sbatch(script: Path, after: str | None = None) -> str:
     cmd = ["sbatch", "--parsable"]
     if after:  # a job id (afterok) or a full dependency such as after:123 (once 123 has started)
         cmd.append(f"--dependency={after if ':' in after else f'afterok:{after}'}")
-    res = subprocess.run([*cmd, str(script)], capture_output=True, text=True)
+    try:
+        res = subprocess.run([*cmd, str(script)], capture_output=True, text=True)
+    except FileNotFoundError:
+        raise SlurmError("sbatch not found: run this on a Slurm login node (or use --dry-run)") from None
     if res.returncode != 0:
         raise SlurmError(f"sbatch {script} failed: {res.stderr.strip()}")
     return res.stdout.strip().split(";")[0]
@@ -143,7 +146,10 @@ def sbatch(script: Path, after: str | None = None) -> str:
 
 def job_state(job_id: str) -> str | None:
     """The job's state from scontrol, or None once Slurm has forgotten it (after MinJobAge)."""
-    res = subprocess.run(["scontrol", "show", "job", "-o", job_id], capture_output=True, text=True)
+    try:
+        res = subprocess.run(["scontrol", "show", "job", "-o", job_id], capture_output=True, text=True)
+    except FileNotFoundError:
+        raise SlurmError("scontrol not found: run this on a Slurm login node") from None
     if res.returncode != 0:
         return None
     for word in res.stdout.split():

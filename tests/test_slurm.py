@@ -61,6 +61,10 @@ def test_bad_submit_options_are_clear(tmp_path):
     assert res.returncode == 1 and "--launcher python runs one process on one node" in res.stderr
     res = iterdpo("slurm", "submit", "/dev/null", "select.instance=median", "--dry-run", check=False)
     assert res.returncode == 2 and "select.instance" in res.stderr
+    no_slurm = {"PATH": str(Path(sys.executable).parent)}
+    res = subprocess.run([sys.executable, "-m", "iterdpo", "slurm", "submit", "/dev/null", f"run.output_dir={tmp_path}"],
+                         cwd=ROOT, capture_output=True, text=True, env=no_slurm)
+    assert res.returncode == 1 and "sbatch not found" in res.stderr
 
 
 needs_cluster = pytest.mark.skipif(
