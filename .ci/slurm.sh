@@ -49,7 +49,7 @@ fi
 
 # --- slurm.conf -----------------------------------------------------------------------
 CPUS=$(nproc)
-MEM=$(( $(free -m | awk '/^Mem:/ {print $2}') * 8 / 10 ))   # below free -m, or slurmd drains
+MEM=$(( $(awk '/^MemTotal:/ {print int($2 / 1024)}' /proc/meminfo) * 8 / 10 ))   # MiB, below the real total or slurmd drains the node
 mkdir -p /etc/slurm
 cat > /etc/slurm/slurm.conf <<CONF
 ClusterName=iterdpo-ci

@@ -53,10 +53,18 @@ def read_wandb_records(path: Path) -> list:
 def history(records) -> dict[str, object]:
     """Every logged history key (nested ones joined by '/') -> its last JSON value."""
     out = {}
+
+    def put(key: str, value) -> None:  # a media value may come as one dict or as nested keys
+        if isinstance(value, dict):
+            for k, v in value.items():
+                put(f"{key}/{k}", v)
+        else:
+            out[key] = value
+
     for r in records:
         if r.WhichOneof("record_type") == "history":
             for i in r.history.item:
-                out[i.key or "/".join(i.nested_key)] = json.loads(i.value_json)
+                put(i.key or "/".join(i.nested_key), json.loads(i.value_json))
     return out
 
 
