@@ -5,6 +5,7 @@
     iterdpo run [--config FILE] [section.key=value ...]           the whole loop (resumes)
     iterdpo sample|score|select|annotate|train|evaluate --iteration K [--config FILE] [overrides]
     iterdpo config [--config FILE] [overrides]                    print the resolved config
+    iterdpo slurm submit CONFIG [overrides] [--iterations-as-jobs] [--nodes N] ...   submit to Slurm
 """
 
 from __future__ import annotations
@@ -32,6 +33,9 @@ def _parser() -> argparse.ArgumentParser:
         sp.add_argument("--iteration", "-k", type=int, required=True, help="iteration number (1-based)")
         common(sp)
     common(sub.add_parser("config", help="print the resolved config (defaults + file + overrides)"))
+    from iterdpo.slurm import add_parser as add_slurm  # argparse only; submitting is lazy
+
+    add_slurm(sub)
     return p
 
 
@@ -42,6 +46,15 @@ def main(argv: list[str] | None = None) -> int:
     from iterdpo.rundir import StageMismatch
 
     try:
+        if args.command == "slurm":
+            from iterdpo.slurm import SlurmError
+            from iterdpo.slurm import main as slurm_main
+
+            try:
+                return slurm_main(args)
+            except SlurmError as e:
+                print(f"iterdpo: error: {e}", file=sys.stderr)
+                return 1
         cfg = load_config(args.config, args.overrides)
         if args.command == "config":
             print(dump_config(cfg), end="")

@@ -77,8 +77,12 @@ class BudgetConfig(_Section):
 
 
 class DataConfig(_Section):
-    prompts: str = Field("toy", description="Prompt file (.jsonl/.json/.parquet with a 'prompt' field) or 'toy'.")
-    eval_prompts: str = Field("toy", description="Held-out prompt file for evaluation, or 'toy'.")
+    prompts: str = Field(
+        "toy",
+        description="Prompt file (.jsonl/.json/.parquet with a 'prompt' field), 'toy', or a dataset "
+        "'hf:NAME[:SPLIT][?field=F&config=C&words=N&limit=N]' (hub id or local folder; see iterdpo.hub).",
+    )
+    eval_prompts: str = Field("toy", description="Held-out prompts for evaluation: a file, 'toy' or 'hf:...' as for prompts.")
     prompts_per_iteration: int | list[int] | BudgetConfig = Field(
         256,
         description="Prompts drawn each iteration: one number, one per iteration, "
@@ -159,6 +163,24 @@ class EvaluateConfig(_Section):
     max_tokens: int = Field(48, ge=1, description="Maximum new tokens of evaluation responses.")
 
 
+class WandbConfig(_Section):
+    """Weights & Biases settings, used when ``run.report_to`` is 'wandb'."""
+
+    project: str = Field("iterdpo", description="W&B project.")
+    entity: str | None = Field(None, description="W&B entity (team or user); None = your default.")
+    mode: Literal["online", "offline", "disabled"] | None = Field(
+        None, description="W&B mode; None = $WANDB_MODE or online. 'offline' writes <run dir>/wandb/offline-run-* (sync later)."
+    )
+    group: str | None = Field(None, description="W&B run group (e.g. one per sweep).")
+    tags: list[str] = Field(default_factory=list, description="W&B run tags.")
+    table_rows: int = Field(256, ge=0, description="Sampled completions logged per iteration as a wandb.Table (0 = none).")
+    artifacts: Literal["reference", "upload", "none"] = Field(
+        "reference",
+        description="Datasets and checkpoints as W&B artifacts: 'reference' records file:// paths and checksums, "
+        "'upload' copies the files to W&B, 'none' logs no artifacts.",
+    )
+
+
 class Config(_Section):
     run: RunConfig = Field(default_factory=RunConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
@@ -169,6 +191,7 @@ class Config(_Section):
     annotate: AnnotateConfig = Field(default_factory=AnnotateConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
+    wandb: WandbConfig = Field(default_factory=WandbConfig)
 
     @model_validator(mode="after")
     def _consistent(self) -> Config:

@@ -26,6 +26,7 @@ from pathlib import Path
 from iterdpo import records
 from iterdpo.config import Config, dump_config
 from iterdpo.rundir import RunDir, fingerprint_files, key_of
+from iterdpo.tracking import make_tracker
 
 STAGES = ("sample", "score", "select", "annotate", "train", "evaluate")
 
@@ -72,6 +73,10 @@ class Run:
 
     def prompt_file(self, which: str) -> Path:
         value = self.cfg.data.prompts if which == "train" else self.cfg.data.eval_prompts
+        if value.startswith("hf:"):  # a hub (or local) dataset, copied into the run dir once
+            from iterdpo.hub import materialize
+
+            return materialize(value, self.rd.root / f"prompts_{which}.jsonl")
         return self.toy_dir() / f"prompts_{which}.jsonl" if value == "toy" else Path(value)
 
     def prompts_for(self, k: int):
@@ -347,11 +352,14 @@ def run_all(cfg: Config) -> dict:
     run.rd.root.mkdir(parents=True, exist_ok=True)
     (run.rd.root / "config.yaml").write_text(dump_config(cfg))
     start = time.time()
+    tracker = make_tracker(run)
     for k in range(1, cfg.run.iterations + 1):
         for stage in STAGES:
             STAGE_FNS[stage](run, k)
         write_summary(run)
+        tracker.log_iteration(run, k)
     summary = write_summary(run)
+    tracker.finish(summary)
     _log(f"finished {cfg.run.iterations} iteration(s) in {time.time() - start:.1f} s -> {run.rd.root / 'summary.json'}")
     print(format_table(summary), flush=True)
     return summary
