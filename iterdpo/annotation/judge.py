@@ -111,8 +111,8 @@ def render(template: dict[str, str], prompt: str, first: str, second: str) -> li
 # --- parsing ---------------------------------------------------------------------------
 
 _PREFERRED = re.compile(
-    r"(?i:preferred|preference|choice|answer|winner)\s*(?:response|review|summary|answer)?\s*[:=\-]?\s*"
-    r"[\"'*\[(<]*\s*(?i:(?:response|review|summary|option)\s+)?([AB])(?![A-Za-z])"
+    r"(?i:preferred|preference|choice|answer|winner)[\s*_]*(?i:response|review|summary|answer)?[\s*_]*[:=\-]?"
+    r"[\s\"'*_\[(<]*(?i:(?:response|review|summary|option)\s+)?([AB])(?![A-Za-z])"
 )
 _ALONE = re.compile(r"^[\s\"'*\[(<]*(?i:(?:response|review|summary|option)\s+)?([AB])[\s\"'*\])>.]*$")
 
@@ -232,17 +232,19 @@ class JudgeAnnotator:
     def compare(self, prompts: list[str], a: list[str], b: list[str]) -> list[float | None]:
         from tqdm import tqdm
 
-        swaps = [self._swap(x, ya, yb) for x, ya, yb in zip(prompts, a, b)]
-        jobs = [(x, yb, ya) if s else (x, ya, yb) for x, ya, yb, s in zip(prompts, a, b, swaps)]
+        swaps = [self._swap(x, ya, yb) for x, ya, yb in zip(prompts, a, b, strict=True)]
+        jobs = [(x, yb, ya) if s else (x, ya, yb) for x, ya, yb, s in zip(prompts, a, b, swaps, strict=True)]
         with ThreadPoolExecutor(max_workers=self.cfg.concurrency) as pool:
             results = list(tqdm(pool.map(lambda j: self._judge(*j), jobs), total=len(jobs), desc="judge",
                                 disable=not self.progress or not jobs, mininterval=2.0))
         out: list[float | None] = []
-        for (x, ya, yb), s, res in zip(zip(prompts, a, b), swaps, results):
+        failed = sum(res.answer is None for res in results)
+        if jobs and failed == len(jobs):
+            raise JudgeError(f"every judge request to {self.endpoint} failed after {self.cfg.max_retries} retries")
+        self._stats["failed"] += failed
+        for x, ya, yb, s, res in zip(prompts, a, b, swaps, results, strict=True):
             verdict = parse_verdict(res.answer) if res.answer is not None else None
-            if res.answer is None:
-                self._stats["failed"] += 1
-            elif verdict is None:
+            if res.answer is not None and verdict is None:
                 self._stats["unparseable"] += 1
             if verdict is None:
                 if self.on_unparseable == "coin":
@@ -255,8 +257,6 @@ class JudgeAnnotator:
             out.append(1.0 if first_wins != s else -1.0)  # un-swap: shown first = b when swapped
         self._stats["pairs"] += len(jobs)
         self._stats["swapped"] += sum(swaps)
-        if jobs and self._stats["failed"] == self._stats["pairs"]:
-            raise JudgeError(f"every judge request to {self.endpoint} failed after {self.cfg.max_retries} retries")
         return out
 
     def stats(self) -> dict:
@@ -349,6 +349,6 @@ class JudgeAnnotator:
 
 def _retry_after(r) -> float:
     try:
-        return float(r.headers.get("retry-after", 0))
+        return min(float(r.headers.get("retry-after", 0)), 120.0)  # never park a thread for long
     except ValueError:
         return 0.0

@@ -16,7 +16,13 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from iterdpo.annotation.judge import JudgeAnnotator, JudgeError, load_template, parse_verdict, render
+from iterdpo.annotation.judge import (
+    JudgeAnnotator,
+    JudgeError,
+    load_template,
+    parse_verdict,
+    render,
+)
 from iterdpo.config import JudgeConfig
 
 
