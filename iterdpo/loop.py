@@ -209,7 +209,8 @@ def select(run: Run, k: int) -> dict:
 
 
 def annotate(run: Run, k: int) -> dict:
-    from iterdpo.annotation import annotate as label, get_annotator
+    from iterdpo.annotation import annotate as label
+    from iterdpo.annotation import get_annotator
 
     cfg = run.cfg
     extra = {}
