@@ -26,13 +26,14 @@ class RewardModelAnnotator:
 
     def __init__(self, path: str, *, batch_tokens: int = 8192, max_length: int = 1024, dtype: str = "float32",
                  device: str | None = None, progress: bool = True):
-        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+        from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
         self.path = path
+        labels = AutoConfig.from_pretrained(path).num_labels
+        if labels != 1:  # checked before loading: a wrong head would be silently re-initialised
+            raise ValueError(f"{path}: config.num_labels is {labels}; a reward model needs a scalar head (num_labels=1)")
         self.tokenizer = AutoTokenizer.from_pretrained(path)
         self.model = AutoModelForSequenceClassification.from_pretrained(path, dtype=getattr(torch, dtype))
-        if self.model.config.num_labels != 1:
-            raise ValueError(f"{path}: config.num_labels is {self.model.config.num_labels}; a reward model needs a scalar head (num_labels=1)")
         # the classifier reads the last non-pad token: it must know which id is padding
         if self.tokenizer.pad_token_id is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
