@@ -215,9 +215,19 @@ def annotate(run: Run, k: int) -> dict:
     cfg = run.cfg
     extra = {}
     if cfg.annotate.annotator == "human":  # the labels are an input: new labels, new key
-        from iterdpo.annotation.human import file_digest, labels_path
+        from iterdpo.annotation.human import export_pairs, file_digest, labels_path
+        from iterdpo.records import RecordError
 
-        extra["labels"] = file_digest(labels_path(run.rd.root, k))
+        labels = labels_path(run.rd.root, k)
+        if not labels.exists() and run.rd.manifest(run.rd.stage(k, "annotate")) is None:
+            # stop for people: hand them the pairs, resume when their labels are imported
+            request = run.rd.root / f"iter_{k}" / "human_request.jsonl"
+            export_pairs(run.data(k, "select", "candidates.parquet"), run.data(k, "score", "scored.parquet"), request, seed=cfg.run.seed + k)
+            raise RecordError(
+                f"iteration {k} waits for human labels: fill the 'label' column of {request} (A, B, tie or skip), "
+                f"then `iterdpo annotate-import -k {k} --labels {request}` and `iterdpo run` again"
+            )
+        extra["labels"] = file_digest(labels)
     key = key_of(inp=run.stage_key(k, "select"), annotate=cfg.annotate.model_dump(), ref=cfg.run.reference, init=cfg.run.init, seed=cfg.run.seed, **extra)
 
     def write(tmp: Path) -> dict:

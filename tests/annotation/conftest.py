@@ -52,6 +52,10 @@ def candidates(scored):
 
 @pytest.fixture(scope="session")
 def tiny_rm_dir(tmp_path_factory) -> Path:
+    return build_tiny_rm(tmp_path_factory.mktemp("rm") / "rm")
+
+
+def build_tiny_rm(d: Path) -> Path:
     """An untrained LlamaForSequenceClassification (num_labels=1) with the toy tokenizer, saved and reloaded."""
     import torch
     from transformers import (
@@ -62,7 +66,6 @@ def tiny_rm_dir(tmp_path_factory) -> Path:
 
     from iterdpo.toy.build import build_tokenizer
 
-    d = tmp_path_factory.mktemp("rm") / "rm"
     corpus = [p["prompt"] for p in task.all_prompts()] + [" ".join(task.POSITIVE + task.NEGATIVE + task.NEUTRAL)] * 10
     tok = build_tokenizer(corpus)
     torch.manual_seed(0)

@@ -9,6 +9,8 @@ import pytest
 from iterdpo.annotation import annotate, get_annotator
 from iterdpo.annotation.reward_model import RewardModelAnnotator
 from iterdpo.config import AnnotateConfig
+from iterdpo.evaluation import compare
+from tests.test_evaluation import _answers as answers
 
 
 @pytest.fixture(scope="module")
@@ -95,3 +97,14 @@ def test_get_annotator_builds_it_from_config(tiny_rm_dir):
     assert rm.name == "reward_model"
     with pytest.raises(ValueError, match="annotate.reward_model"):
         get_annotator("reward_model", AnnotateConfig(annotator="reward_model"))
+
+
+def test_compare_with_a_reward_model_reports_mean_reward(tiny_rm_dir):
+    rm = RewardModelAnnotator(str(tiny_rm_dir), progress=False)
+    prompts = ["Write about the cat and the dog.", "Describe a sun and a moon."]
+    mine, base = answers(["good cat", "sun"], prompts, "p"), answers(["bad", "moon moon"], prompts, "b")
+    m = compare(mine, base, rm)
+    sp = rm.score(prompts, ["good cat", "sun"])
+    sb = rm.score(prompts, ["bad", "moon moon"])
+    assert m["mean_reward"] == pytest.approx(sum(sp) / 2) and m["baseline_mean_reward"] == pytest.approx(sum(sb) / 2)
+    assert m["win_rate"] == pytest.approx(sum(1.0 if a > b else 0.0 for a, b in zip(sp, sb, strict=True)) / 2)
