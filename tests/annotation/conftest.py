@@ -79,3 +79,21 @@ def build_tiny_rm(d: Path) -> Path:
     tok.save_pretrained(d)
     AutoModelForSequenceClassification.from_pretrained(d)
     return d
+
+
+def fake_run(output_dir: Path, iterations: int = 2, name: str = "toy") -> Path:
+    """A run directory whose score and select stages are finished (from make_scored), no models."""
+    from iterdpo.rundir import RunDir
+
+    rd = RunDir(Path(output_dir) / name)
+    for k in range(1, iterations + 1):
+        sc = make_scored(n_prompts=6, seed=k)
+        if k == 1:  # the policy is its own reference: every implicit reward is 0
+            rows = sc.to_pylist()
+            for r in rows:
+                r.update(ref_logp=r["policy_logp"], reward=0.0, reward_norm=0.0)
+            sc = records.from_rows(rows, records.SCORED)
+        cands = all_pairs(sc).slice(0, 8 + 2 * k)
+        rd.commit(rd.stage(k, "score"), f"score{k}", lambda tmp, sc=sc: records.write_table(sc, tmp / "scored.parquet"))
+        rd.commit(rd.stage(k, "select"), f"select{k}", lambda tmp, c=cands: records.write_table(c, tmp / "candidates.parquet"))
+    return rd.root

@@ -138,3 +138,52 @@ def test_import_accepts_exactly_the_complete_unique_files(scored, candidates, tm
     else:
         with pytest.raises(RecordError, match="duplicate|have no row"):
             read_labels(f, candidates)
+
+
+def test_cli_and_loop_flow(tmp_path):
+    """The loop stops for people (writing the request), the CLI imports, the loop resumes."""
+    import subprocess
+    import sys
+
+    from iterdpo import loop, records
+    from iterdpo.config import load_config
+    from tests.annotation.conftest import fake_run
+
+    root = fake_run(tmp_path)
+    over = [f"run.output_dir={tmp_path}", "annotate.annotator=human"]
+    run = loop.Run(load_config(None, over))
+    with pytest.raises(RecordError, match="iteration 1 waits for human labels"):
+        loop.annotate(run, 1)
+    request = root / "iter_1" / "human_request.jsonl"
+    assert request.exists()
+
+    def cli(*args):
+        return subprocess.run([sys.executable, "-m", "iterdpo", *args, *over], capture_output=True, text=True, cwd=".")
+
+    out = tmp_path / "mine.csv"
+    r = cli("annotate-export", "-k", "1", "--out", str(out))
+    assert r.returncode == 0, r.stderr
+    with open(out, newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    rows[0]["label"] = "maybe"
+    with open(out, "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    r = cli("annotate-import", "-k", "1", "--labels", str(out))
+    assert r.returncode == 2 and f"{out}: line 2, field 'label'" in r.stderr
+    for row in rows:
+        row["label"] = "A"
+    with open(out, "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    r = cli("annotate-import", "-k", "1", "--labels", str(out))
+    assert r.returncode == 0, r.stderr
+    m = loop.annotate(run, 1)
+    assert m["stats"]["pairs"] == len(rows)
+    pairs = records.read_table(root / "iter_1" / "annotate" / "pairs.parquet").to_pylist()
+    assert {p["chosen_id"] for p in pairs} == {row["a_id"] for row in rows}
+    assert {p["label_source"] for p in pairs} == {"human"}
+    r = cli("annotate-export", "-k", "3", "--out", str(out))
+    assert r.returncode == 2 and "no candidate pairs yet" in r.stderr
