@@ -183,7 +183,7 @@ def write_report(run_dir: str | Path) -> Path:
     if its:
         head = "".join(f"<th>{html.escape(c)}</th>" for c in cols)
         body = "".join("<tr>" + "".join(f"<td>{_fmt(it.get(c))}</td>" for c in cols) + "</tr>" for it in its)
-        table = f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+        table = f'<div class="scroll"><table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>'
     figs = "".join(
         f'<figure><h2>{html.escape(t)}</h2><img src="{f}" alt="{html.escape(t)}"><figcaption>{html.escape(c)}</figcaption></figure>'
         for f, t, c in figures
@@ -194,7 +194,7 @@ def write_report(run_dir: str | Path) -> Path:
 body {{ font-family: sans-serif; margin: 2em; color: #222; }}
 table {{ border-collapse: collapse; font-size: 0.85em; }}
 td, th {{ border: 1px solid #ccc; padding: 0.25em 0.5em; text-align: right; }}
-th {{ background: #f0f0f0; }}
+th {{ background: #f0f0f0; }} .scroll {{ overflow-x: auto; }}
 figure {{ margin: 1.5em 0; }} img {{ max-width: 100%; }} figcaption {{ color: #555; font-size: 0.9em; }}
 </style></head><body>
 <h1>iterdpo run <code>{html.escape(str(summary.get('run', root.name)))}</code></h1>
