@@ -70,6 +70,7 @@ class RewardModelAnnotator:
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
         mine = uniq[rank::world]
+        self.last_scored = len(mine)  # conversations this process ran through the model
         encoded = [self.tokenize(x, y) for x, y in mine]
         scores = [0.0] * len(mine)
         pad = self.tokenizer.pad_token_id

@@ -108,3 +108,55 @@ def test_compare_with_a_reward_model_reports_mean_reward(tiny_rm_dir):
     sb = rm.score(prompts, ["bad", "moon moon"])
     assert m["mean_reward"] == pytest.approx(sum(sp) / 2) and m["baseline_mean_reward"] == pytest.approx(sum(sb) / 2)
     assert m["win_rate"] == pytest.approx(sum(1.0 if a > b else 0.0 for a, b in zip(sp, sb, strict=True)) / 2)
+
+
+_DDP_SCRIPT = """
+import json, sys
+import torch.distributed as dist
+dist.init_process_group("gloo")
+from iterdpo.annotation.reward_model import RewardModelAnnotator
+rm = RewardModelAnnotator(sys.argv[1], progress=False)
+data = json.load(open(sys.argv[2]))
+scores = rm.score(data["prompts"], data["responses"])
+json.dump({"scores": scores, "mine": rm.last_scored}, open(f"{sys.argv[3]}.{dist.get_rank()}", "w"))
+dist.destroy_process_group()
+"""
+
+
+@pytest.mark.slow
+def test_two_processes_split_the_work_and_agree(rm, scored, tiny_rm_dir, tmp_path):
+    """torchrun with 2 CPU processes (gloo): each scores half, both return every score."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    rows = scored.to_pylist()
+    data = {"prompts": [r["prompt"] for r in rows], "responses": [r["completion"] for r in rows]}
+    (tmp_path / "in.json").write_text(json.dumps(data))
+    (tmp_path / "ddp.py").write_text(_DDP_SCRIPT)
+    import signal
+    import socket
+
+    with socket.socket() as sock:  # torchrun's --master_port 0 hangs the rendezvous: pick a free port
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = {**os.environ, "PYTHONPATH": os.getcwd(), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+         "--master_port", str(port), str(tmp_path / "ddp.py"), str(tiny_rm_dir), str(tmp_path / "in.json"), str(tmp_path / "out")],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, start_new_session=True,
+    )
+    try:
+        _, err = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:  # never leave the workers behind
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert proc.returncode == 0, err[-3000:]
+    single = rm.score(data["prompts"], data["responses"])
+    got = [json.loads((tmp_path / f"out.{rank}").read_text()) for rank in (0, 1)]
+    for g in got:
+        assert g["scores"] == pytest.approx(single, abs=1e-5)
+    unique = len(set(zip(data["prompts"], data["responses"], strict=True)))
+    assert sorted(g["mine"] for g in got) == [unique // 2, unique - unique // 2]  # the work was split
