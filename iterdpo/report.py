@@ -89,7 +89,9 @@ def write_report(run_dir: str | Path) -> Path:
 
     root = Path(run_dir)
     if not root.is_dir():
-        raise FileNotFoundError(f"{root}: not a run directory")
+        from iterdpo.records import RecordError
+
+        raise RecordError(f"{root}: not a run directory")
     out = root / "report"
     out.mkdir(exist_ok=True)
     summary_file = root / "summary.json"

@@ -71,3 +71,15 @@ def test_compare_with_gold_and_implicit_metrics():
     assert m["mean_implicit_reward"] == pytest.approx(0.4 / 3)
     assert m["implicit_ranking_accuracy"] == pytest.approx(1.0)  # both decided pairs ordered as gold orders them
     assert m["implicit_reward_length_pearson"] is not None
+
+
+def test_eval_judge_resolution():
+    from iterdpo.config import ConfigError, load_config
+    from iterdpo.loop import eval_judge_name
+
+    assert eval_judge_name(load_config(None, [])) == "gold"
+    assert eval_judge_name(load_config(None, ["annotate.annotator=judge"])) == "judge"
+    assert eval_judge_name(load_config(None, ["annotate.annotator=implicit"])) == "gold"  # toy task: gold judges
+    assert eval_judge_name(load_config(None, ["annotate.annotator=implicit", "evaluate.judge=reward_model"])) == "reward_model"
+    with pytest.raises(ConfigError, match="evaluate.judge"):
+        eval_judge_name(load_config(None, ["annotate.annotator=human", "model.name_or_path=/some/model"]))

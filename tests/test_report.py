@@ -9,6 +9,7 @@ import sys
 
 import pytest
 
+from iterdpo.records import RecordError
 from iterdpo.report import jaccard, margins, write_report
 from tests.annotation.conftest import all_pairs, fake_run, make_scored
 
@@ -47,7 +48,7 @@ def test_report_of_an_empty_run(tmp_path):
     (tmp_path / "empty").mkdir()
     page = write_report(tmp_path / "empty").read_text()
     assert "No finished iteration yet" in page
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(RecordError, match="nope: not a run directory"):
         write_report(tmp_path / "nope")
 
 
