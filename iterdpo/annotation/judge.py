@@ -110,20 +110,22 @@ def render(template: dict[str, str], prompt: str, first: str, second: str) -> li
 
 # --- parsing ---------------------------------------------------------------------------
 
-_PREFERRED = re.compile(
-    r"(?i:preferred|preference|choice|answer|winner)[\s*_]*(?i:response|review|summary|answer)?[\s*_]*[:=\-]?"
-    r"[\s\"'*_\[(<]*(?i:(?:response|review|summary|option)\s+)?([AB])(?![A-Za-z])"
-)
+_TAIL = r"[\s\"'*_\[(<]*(?i:(?:response|review|summary|option)\s+)?([AB])(?![A-Za-z])"
+# "Preferred" may go without a colon ("Preferred B"); weaker words need one ("Choice: A"),
+# so prose such as "answer A is shorter" is not read as a verdict
+_PREFERRED = re.compile(r"(?i:preferred)[\s*_]*(?i:response|review|summary|answer)?[\s*_]*[:=\-]?" + _TAIL)
+_LABELLED = re.compile(r"(?i:preference|choice|winner|verdict|answer)[\s*_]*[:=]" + _TAIL)
 _ALONE = re.compile(r"^[\s\"'*\[(<]*(?i:(?:response|review|summary|option)\s+)?([AB])[\s\"'*\])>.]*$")
 
 
 def parse_verdict(text: str | None) -> str | None:
-    """'A', 'B' or None. The last ``Preferred: X`` wins; else a last line that is only A or B."""
+    """'A', 'B' or None. The last ``Preferred: X`` (or ``Choice:/Winner:/Verdict:/Answer: X``)
+    wins; else a last non-empty line that is only A or B (``"B"``, ``**Response A**``)."""
     if not text:
         return None
-    hits = _PREFERRED.findall(text)
+    hits = [(m.start(), m.group(1)) for rx in (_PREFERRED, _LABELLED) for m in rx.finditer(text)]
     if hits:
-        return hits[-1]
+        return max(hits)[1]
     for line in reversed([ln for ln in text.strip().splitlines() if ln.strip()]):
         m = _ALONE.match(line)
         return m.group(1) if m else None

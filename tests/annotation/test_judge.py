@@ -15,6 +15,8 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from iterdpo.annotation.judge import (
     JudgeAnnotator,
@@ -196,6 +198,10 @@ def test_api_key_is_sent_but_never_stored(server, tmp_path, monkeypatch):
         ("", None),
         (None, None),
         ("Preferred: Absolutely none", None),
+        ("Comparison: x\nPreferred: B\nNote: answer A was close", "B"),
+        ("Final answer: A", "A"),
+        ("Comparison: answer A is shorter than B, which rambles.", None),
+        ("Preferred B", "B"),
     ],
 )
 def test_parse_verdict(text, want):
@@ -237,3 +243,12 @@ def test_annotate_stage_reports_usage_and_a_rerun_pays_nothing(server, tmp_path)
     shutil.rmtree(root / "iter_1" / "annotate")  # as if the stage had died before committing
     m2 = loop.annotate(loop.Run(cfg), 1)
     assert server.calls == 10 and m2["stats"]["annotator"]["cache_hits"] == 10 and m2["stats"]["annotator"]["cost"] == 0
+
+
+@settings(max_examples=200, deadline=None)
+@given(words=st.lists(st.text(alphabet="abcdefghijklmnopqrstuvwxyz AB.,'\"*", min_size=1, max_size=12), max_size=20),
+       verdict=st.sampled_from(["A", "B"]), style=st.sampled_from(["Preferred: {}", 'Preferred: "{}"', "**Preferred:** {}", "Preferred: Review {}"]))
+def test_a_final_verdict_line_always_wins(words, verdict, style):
+    """Whatever the comparison says (it may mention A and B), the final verdict line decides."""
+    text = "Comparison: " + " ".join(words) + "\n" + style.format(verdict)
+    assert parse_verdict(text) == verdict
