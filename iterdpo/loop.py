@@ -238,6 +238,7 @@ def annotate(run: Run, k: int) -> dict:
             annotator, reference=cfg.run.reference, init=cfg.run.init,
             ties=a.ties, iteration=k, seed=derived_seed(cfg, k, "annotate"), tie_threshold=a.tie_threshold, noise=a.noise,
         )
+        getattr(annotator, "close", lambda: None)()  # a judge's HTTP client and cache file
         records.write_table(table, tmp / "pairs.parquet")
         return stats
 
@@ -292,6 +293,8 @@ def eval_judge_name(cfg: Config) -> str:
 
 
 def evaluate(run: Run, k: int) -> dict:
+    import pyarrow as pa
+
     from iterdpo import scoring
     from iterdpo.annotation import get_annotator
     from iterdpo.evaluation import compare
@@ -311,8 +314,6 @@ def evaluate(run: Run, k: int) -> dict:
         base = run.data(None, "baseline", "completions.parquet")
         # both answer sets scored by pi_k and its training reference: KL and implicit-reward metrics
         kw = dict(tokenizer_path=cfg.model.tokenizer, model_cfg=cfg.model, beta=cfg.score.beta, batch_tokens=cfg.score.batch_tokens)
-        import pyarrow as pa
-
         both = scoring.score(pa.concat_tables([answers, base]), policy, ref, **kw)  # one model load for both
         policy_scored, baseline_scored = both.slice(0, answers.num_rows), both.slice(answers.num_rows)
         records.write_table(policy_scored, tmp / "eval_scored.parquet")
@@ -322,6 +323,7 @@ def evaluate(run: Run, k: int) -> dict:
         metrics["judge"] = judge_name
         if hasattr(judge, "stats"):
             metrics["judge_stats"] = judge.stats()
+        getattr(judge, "close", lambda: None)()
         (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2))
         return metrics
 
