@@ -240,6 +240,9 @@ def annotate(run: Run, k: int) -> dict:
         )
         getattr(annotator, "close", lambda: None)()  # a judge's HTTP client and cache file
         records.write_table(table, tmp / "pairs.parquet")
+        swapped = stats.pop("noise_swapped_pairs", None)  # a file, not the manifest: it grows with the pairs
+        if swapped is not None:
+            (tmp / "noise_swapped.json").write_text(json.dumps(swapped))
         return stats
 
     return _stage(run, k, "annotate", key, write)

@@ -5,6 +5,10 @@
 or ``reward_simpo`` = beta * log pi(y|x) / |y| (for SimPO, which has no reference). The
 chosen response is the one with the higher implicit reward. No outside labeller is
 asked, so this annotator costs nothing and can bootstrap preferences on any prompt.
+
+In iteration 1 with a reference equal to the policy every implicit reward is 0, so every
+pair is a tie: SeRA trains iteration 1 on offline labels instead. Use it from iteration 2
+on, or with ``annotate.ties: random`` only for plumbing tests.
 """
 
 from __future__ import annotations
