@@ -186,6 +186,21 @@ def write_report(run_dir: str | Path) -> Path:
         head = "".join(f"<th>{html.escape(c)}</th>" for c in cols)
         body = "".join("<tr>" + "".join(f"<td>{_fmt(it.get(c))}</td>" for c in cols) + "</tr>" for it in its)
         table = f'<div class="scroll"><table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>'
+    # annotation per iteration: what was labelled, dropped, swapped, and what the judge cost
+    ann_rows = []
+    for k in ks:
+        m = root / f"iter_{k}" / "annotate" / "manifest.json"
+        if m.exists():
+            st = json.loads(m.read_text())["stats"]
+            a = st.get("annotator") or {}
+            ann_rows.append([k, st.get("candidates"), st.get("pairs"), st.get("ties"), st.get("unlabelled"),
+                             st.get("noise_swapped", 0), a.get("requests"), a.get("cache_hits"),
+                             (a.get("prompt_tokens") or 0) + (a.get("completion_tokens") or 0) if a else None, a.get("cost")])
+    if ann_rows:
+        head = "".join(f"<th>{c}</th>" for c in ["iteration", "candidates", "pairs", "ties", "unlabelled",
+                                                  "noise swapped", "judge requests", "cache hits", "judge tokens", "cost"])
+        body = "".join("<tr>" + "".join(f"<td>{_fmt(v)}</td>" for v in r) + "</tr>" for r in ann_rows)
+        table += f'<h2>Annotation</h2><div class="scroll"><table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>'
     figs = "".join(
         f'<figure><h2>{html.escape(t)}</h2><img src="{f}" alt="{html.escape(t)}"><figcaption>{html.escape(c)}</figcaption></figure>'
         for f, t, c in figures
