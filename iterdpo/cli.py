@@ -5,7 +5,13 @@
     iterdpo run [--config FILE] [section.key=value ...]           the whole loop (resumes)
     iterdpo sample|score|select|annotate|train|evaluate --iteration K [--config FILE] [overrides]
     iterdpo config [--config FILE] [overrides]                    print the resolved config
+<<<<<<< HEAD
     iterdpo slurm submit CONFIG [overrides] [--iterations-as-jobs] [--nodes N] ...   submit to Slurm
+=======
+    iterdpo annotate-export -k K --out FILE [--config FILE]       candidate pairs to .jsonl/.csv for people
+    iterdpo annotate-import -k K --labels FILE [--config FILE]    their labels back (checked) for annotator 'human'
+    iterdpo report RUN_DIR                                        RUN_DIR/report/index.html with plots
+>>>>>>> annotators
 """
 
 from __future__ import annotations
@@ -33,9 +39,22 @@ def _parser() -> argparse.ArgumentParser:
         sp.add_argument("--iteration", "-k", type=int, required=True, help="iteration number (1-based)")
         common(sp)
     common(sub.add_parser("config", help="print the resolved config (defaults + file + overrides)"))
+<<<<<<< HEAD
     from iterdpo.slurm import add_parser as add_slurm  # argparse only; submitting is lazy
 
     add_slurm(sub)
+=======
+    sp = sub.add_parser("annotate-export", help="write an iteration's candidate pairs to .jsonl/.csv for people to label")
+    sp.add_argument("--iteration", "-k", type=int, required=True, help="iteration number (1-based)")
+    sp.add_argument("--out", required=True, help="output file (.jsonl or .csv)")
+    common(sp)
+    sp = sub.add_parser("annotate-import", help="check and store people's labels for annotator 'human'")
+    sp.add_argument("--iteration", "-k", type=int, required=True, help="iteration number (1-based)")
+    sp.add_argument("--labels", required=True, help="the exported file with its label column filled (A, B, tie, skip)")
+    common(sp)
+    sp = sub.add_parser("report", help="write RUN_DIR/report/index.html (plots of every finished iteration)")
+    sp.add_argument("run_dir", help="a run directory, e.g. runs/toy")
+>>>>>>> annotators
     return p
 
 
@@ -46,6 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     from iterdpo.rundir import StageMismatch
 
     try:
+<<<<<<< HEAD
         if args.command == "slurm":
             from iterdpo.slurm import SlurmError
             from iterdpo.slurm import main as slurm_main
@@ -55,7 +75,16 @@ def main(argv: list[str] | None = None) -> int:
             except SlurmError as e:
                 print(f"iterdpo: error: {e}", file=sys.stderr)
                 return 1
+=======
+        if args.command == "report":
+            from iterdpo.report import write_report
+
+            print(write_report(args.run_dir))
+            return 0
+>>>>>>> annotators
         cfg = load_config(args.config, args.overrides)
+        if args.command in ("annotate-export", "annotate-import"):
+            return _human(args, cfg)
         if args.command == "config":
             print(dump_config(cfg), end="")
             return 0
@@ -71,6 +100,27 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, RecordError, StageMismatch) as e:
         print(f"iterdpo: error: {e}", file=sys.stderr)
         return 2
+    return 0
+
+
+def _human(args, cfg) -> int:
+    from iterdpo import records
+    from iterdpo.annotation import human
+    from iterdpo.rundir import RunDir
+
+    rd = RunDir(cfg.run_dir())
+    select = rd.stage(args.iteration, "select")
+    if rd.manifest(select) is None:
+        raise records.RecordError(f"{select}: iteration {args.iteration} has no candidate pairs yet (run up to its select stage)")
+    cands = records.read_table(select / "candidates.parquet")
+    if args.command == "annotate-export":
+        scored = records.read_table(rd.stage(args.iteration, "score") / "scored.parquet")
+        n = human.export_pairs(cands, scored, args.out, seed=cfg.run.seed + args.iteration)
+        print(f"wrote {n} pairs to {args.out}; fill the 'label' column with A, B, tie or skip, then run annotate-import")
+    else:
+        counts = human.import_labels(args.labels, cands, rd.root, args.iteration)
+        print(f"imported {counts} -> {human.labels_path(rd.root, args.iteration)}; "
+              "`iterdpo run` (with annotate.annotator=human) continues from the annotate stage")
     return 0
 
 

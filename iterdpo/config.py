@@ -133,9 +133,49 @@ class SelectConfig(_Section):
     )
 
 
+class JudgeConfig(_Section):
+    """An LLM judge behind an OpenAI-compatible ``/v1/chat/completions`` endpoint."""
+
+    url: str = Field("http://127.0.0.1:8000/v1", description="Base URL of the endpoint (ending in /v1, as OpenAI's base_url).")
+    model: str = Field("judge", description="Model name sent in each request.")
+    api_key_env: str | None = Field(
+        None, description="Name of the environment variable holding the API key (the key itself is never stored)."
+    )
+    template: str = Field(
+        "sentiment",
+        description="Pairwise prompt: 'sentiment' or 'summarization' (seed 002's oracle prompts), 'general', "
+        "or a .txt (user message) / .yaml / .json ({system, user}) file with {prompt}, {completion_a}, {completion_b}.",
+    )
+    temperature: float = Field(0.0, ge=0.0, description="Judge sampling temperature.")
+    max_tokens: int = Field(256, ge=1, description="Maximum tokens of a judgement.")
+    concurrency: int = Field(8, ge=1, description="Requests in flight at once.")
+    timeout: float = Field(60.0, gt=0.0, description="Seconds before one request times out.")
+    max_retries: int = Field(5, ge=0, description="Retries of a request after a timeout, 429 or 5xx (exponential backoff).")
+    backoff: float = Field(1.0, ge=0.0, description="First backoff in seconds; doubles on each retry.")
+    cache: str | None = Field(
+        None, description="SQLite cache of judgements; default <run dir>/judge_cache.sqlite ('none' = no cache)."
+    )
+    price_input_per_mtok: float = Field(0.0, ge=0.0, description="Price of one million prompt tokens (for cost accounting).")
+    price_output_per_mtok: float = Field(0.0, ge=0.0, description="Price of one million completion tokens.")
+
+
 class AnnotateConfig(_Section):
-    annotator: Literal["gold"] = Field("gold", description="Who labels the pairs ('gold' = the toy task's gold reward).")
+    annotator: Literal["gold", "reward_model", "judge", "implicit", "human"] = Field(
+        "gold",
+        description="Who labels the pairs: 'gold' (the toy task's gold reward), 'reward_model' (a sequence-classification "
+        "model), 'judge' (an LLM over HTTP), 'implicit' (the policy's own implicit reward, SeRA), 'human' (exported and imported files).",
+    )
     ties: Literal["drop", "random"] = Field("drop", description="A pair with equal scores is dropped or oriented at random.")
+    tie_threshold: float = Field(0.0, ge=0.0, description="|score(a) - score(b)| <= this counts as a tie.")
+    reward_model: str | None = Field(None, description="Folder of an AutoModelForSequenceClassification with num_labels=1.")
+    rm_batch_tokens: int = Field(8192, ge=64, description="Padded-token budget of one reward-model batch.")
+    rm_max_length: int = Field(1024, ge=8, description="Tokens of a rendered conversation kept (from the left end).")
+    rm_dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="Reward-model weights dtype.")
+    implicit_column: Literal["reward", "reward_norm", "reward_simpo"] = Field(
+        "reward", description="Scored column the implicit annotator orients by (chosen = higher)."
+    )
+    judge: JudgeConfig = Field(default_factory=JudgeConfig)
+    noise: float = Field(0.0, ge=0.0, le=1.0, description="Fraction of labelled pairs whose chosen/rejected are swapped (seeded), for robustness experiments.")
 
 
 class TrainConfig(_Section):
@@ -161,6 +201,11 @@ class EvaluateConfig(_Section):
     num_prompts: int = Field(64, ge=1, description="Held-out prompts evaluated (the first N).")
     temperature: float = Field(0.7, ge=0.0, description="Sampling temperature of evaluation responses.")
     max_tokens: int = Field(48, ge=1, description="Maximum new tokens of evaluation responses.")
+    judge: Literal["auto", "gold", "reward_model", "judge"] = Field(
+        "auto",
+        description="Who judges policy vs baseline: 'auto' = the annotator when it can (gold, reward_model, judge), "
+        "else gold on the toy task; reward_model / judge use the annotate section's settings.",
+    )
 
 
 class WandbConfig(_Section):

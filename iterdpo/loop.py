@@ -228,15 +228,36 @@ def annotate(run: Run, k: int) -> dict:
     from iterdpo.annotation import get_annotator
 
     cfg = run.cfg
-    key = key_of(inp=run.stage_key(k, "select"), annotate=cfg.annotate.model_dump(), ref=cfg.run.reference, init=cfg.run.init, seed=cfg.run.seed)
+    extra = {}
+    if cfg.annotate.annotator == "human":  # the labels are an input: new labels, new key
+        from iterdpo.annotation.human import export_pairs, file_digest, labels_path
+        from iterdpo.records import RecordError
+
+        labels = labels_path(run.rd.root, k)
+        if not labels.exists() and run.rd.manifest(run.rd.stage(k, "annotate")) is None:
+            # stop for people: hand them the pairs, resume when their labels are imported
+            request = run.rd.root / f"iter_{k}" / "human_request.jsonl"
+            export_pairs(run.data(k, "select", "candidates.parquet"), run.data(k, "score", "scored.parquet"), request, seed=cfg.run.seed + k)
+            raise RecordError(
+                f"iteration {k} waits for human labels: fill the 'label' column of {request} (A, B, tie or skip), "
+                f"then `iterdpo annotate-import -k {k} --labels {request}` and `iterdpo run` again"
+            )
+        extra["labels"] = file_digest(labels)
+    key = key_of(inp=run.stage_key(k, "select"), annotate=cfg.annotate.model_dump(), ref=cfg.run.reference, init=cfg.run.init, seed=cfg.run.seed, **extra)
 
     def write(tmp: Path) -> dict:
+        a = cfg.annotate
+        annotator = get_annotator(a.annotator, a, run_dir=run.rd.root, iteration=k, seed=derived_seed(cfg, "judge"))
         table, stats = label(
             run.data(k, "select", "candidates.parquet"), run.data(k, "score", "scored.parquet"),
-            get_annotator(cfg.annotate.annotator), reference=cfg.run.reference, init=cfg.run.init,
-            ties=cfg.annotate.ties, iteration=k, seed=derived_seed(cfg, k, "annotate"),
+            annotator, reference=cfg.run.reference, init=cfg.run.init,
+            ties=a.ties, iteration=k, seed=derived_seed(cfg, k, "annotate"), tie_threshold=a.tie_threshold, noise=a.noise,
         )
+        getattr(annotator, "close", lambda: None)()  # a judge's HTTP client and cache file
         records.write_table(table, tmp / "pairs.parquet")
+        swapped = stats.pop("noise_swapped_pairs", None)  # a file, not the manifest: it grows with the pairs
+        if swapped is not None:
+            (tmp / "noise_swapped.json").write_text(json.dumps(swapped))
         return stats
 
     return _stage(run, k, "annotate", key, write)
@@ -274,19 +295,53 @@ def _eval_responses(run: Run, k: int | None, model: str) -> dict:
     return _sample(run, model, prompts, name, k, 1, e.temperature, e.max_tokens, derived_seed(cfg, "eval"), key)
 
 
+def eval_judge_name(cfg: Config) -> str:
+    """evaluate.judge resolved: 'auto' is the annotator when it can judge plain text, else gold on the toy task."""
+    from iterdpo.config import ConfigError
+
+    name = cfg.evaluate.judge
+    if name == "auto":
+        name = cfg.annotate.annotator if cfg.annotate.annotator in ("gold", "reward_model", "judge") else "gold"
+        if name == "gold" and cfg.model.name_or_path != "toy":
+            raise ConfigError(
+                f"evaluate.judge: 'auto' with annotator {cfg.annotate.annotator!r} outside the toy task has no judge; "
+                "set evaluate.judge to reward_model or judge"
+            )
+    return name
+
+
 def evaluate(run: Run, k: int) -> dict:
+    import pyarrow as pa
+
+    from iterdpo import scoring
     from iterdpo.annotation import get_annotator
     from iterdpo.evaluation import compare
     from iterdpo.toy.task import gold_reward
 
     cfg = run.cfg
+    judge_name = eval_judge_name(cfg)
     _eval_responses(run, None, run.initial_model())
     _eval_responses(run, k, run.policy(k))
-    key = key_of(policy=run.stage_key(k, "eval_responses"), baseline=run.stage_key(None, "baseline"), annotate=cfg.annotate.model_dump())
+    policy, ref = run.policy(k), run.reference_of(k)
+    key = key_of(policy=run.stage_key(k, "eval_responses"), baseline=run.stage_key(None, "baseline"), annotate=cfg.annotate.model_dump(),
+                 judge=judge_name, ref=run.model_key(ref), beta=cfg.score.beta)
 
     def write(tmp: Path) -> dict:
         gold = gold_reward if cfg.model.name_or_path == "toy" else None
-        metrics = compare(run.data(k, "eval_responses", "completions.parquet"), run.data(None, "baseline", "completions.parquet"), get_annotator(cfg.annotate.annotator), gold)
+        answers = run.data(k, "eval_responses", "completions.parquet")
+        base = run.data(None, "baseline", "completions.parquet")
+        # both answer sets scored by pi_k and its training reference: KL and implicit-reward metrics
+        kw = dict(tokenizer_path=cfg.model.tokenizer, model_cfg=cfg.model, beta=cfg.score.beta, batch_tokens=cfg.score.batch_tokens)
+        both = scoring.score(pa.concat_tables([answers, base]), policy, ref, **kw)  # one model load for both
+        policy_scored, baseline_scored = both.slice(0, answers.num_rows), both.slice(answers.num_rows)
+        records.write_table(policy_scored, tmp / "eval_scored.parquet")
+        records.write_table(baseline_scored, tmp / "baseline_scored.parquet")
+        judge = get_annotator(judge_name, cfg.annotate, run_dir=run.rd.root, seed=derived_seed(cfg, "eval-judge"), for_eval=True)
+        metrics = compare(answers, base, judge, gold, policy_scored=policy_scored, baseline_scored=baseline_scored)
+        metrics["judge"] = judge_name
+        if hasattr(judge, "stats"):
+            metrics["judge_stats"] = judge.stats()
+        getattr(judge, "close", lambda: None)()
         (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2))
         return metrics
 
@@ -316,6 +371,10 @@ def summarize(run: Run) -> dict:
                 "gold_win_rate_vs_sft": ev["win_rate"],
                 "mean_gold_reward": ev.get("mean_gold_reward"),
                 "mean_length": ev["mean_length"],
+                "mean_reward": ev.get("mean_reward"),
+                "kl_to_reference": ev.get("kl_to_reference"),
+                "mean_implicit_reward": ev.get("mean_implicit_reward"),
+                "implicit_ranking_accuracy": ev.get("implicit_ranking_accuracy"),
                 "wall_seconds": round(sum(m["wall_seconds"] for m in ms.values()), 2),
             }
         )

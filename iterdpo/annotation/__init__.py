@@ -5,6 +5,15 @@ An annotator is anything with a ``name`` (stored as ``label_source``) and a batc
 prefers ``b``, 0 is a tie and ``None`` means no label could be had (the pair is dropped).
 A reward model returns ``score(a) - score(b)``; a judge returns +1/-1.
 
+Annotators that need more than text (the implicit reward of the scored rows, a human
+label file keyed by completion ids) define ``compare_rows(a_rows, b_rows)`` instead, taking
+the SCORED rows of both sides; annotators with counters (a judge's tokens and cost) define
+``stats()``, merged into the annotate manifest's stats.
+
+Available: ``gold`` (toy task), ``reward_model`` (:mod:`.reward_model`), ``judge``
+(:mod:`.judge`), ``implicit`` (:mod:`.implicit`), ``human`` (:mod:`.human`). Label noise
+(:mod:`.noise`) swaps a seeded fraction of the oriented pairs afterwards.
+
 :func:`annotate` orients pairs and attaches the log-probs training needs:
 
 - ``ref_chosen_logps`` / ``ref_rejected_logps``: log-probs under the *training* reference:
@@ -32,12 +41,50 @@ class Annotator(Protocol):
     def compare(self, prompts: list[str], a: list[str], b: list[str]) -> list[float | None]: ...
 
 
-def get_annotator(name: str, **kwargs) -> Annotator:
+ANNOTATORS = ["gold", "reward_model", "judge", "implicit", "human"]
+
+
+def get_annotator(name: str, cfg=None, *, run_dir=None, iteration: int | None = None, seed: int = 0,
+                  for_eval: bool = False) -> Annotator:
+    """Build an annotator from an :class:`iterdpo.config.AnnotateConfig` (``cfg``).
+
+    ``run_dir`` locates the judge cache (``<run_dir>/judge_cache.sqlite`` by default) and
+    the human label files (``<run_dir>/iter_<k>/human_labels.jsonl``). ``for_eval`` makes
+    a judge flip a seeded coin on an unparseable answer instead of dropping the pair.
+    """
+    from pathlib import Path
+
     if name == "gold":
         from iterdpo.annotation.gold import GoldAnnotator
 
         return GoldAnnotator()
-    raise ValueError(f"unknown annotator {name!r}; available: ['gold']")
+    if cfg is None:
+        raise ValueError(f"annotator {name!r} needs the annotate config section")
+    if name == "reward_model":
+        from iterdpo.annotation.reward_model import RewardModelAnnotator
+
+        if not cfg.reward_model:
+            raise ValueError("annotate.reward_model: set it to the reward model's folder for annotator 'reward_model'")
+        return RewardModelAnnotator(cfg.reward_model, batch_tokens=cfg.rm_batch_tokens, max_length=cfg.rm_max_length, dtype=cfg.rm_dtype)
+    if name == "judge":
+        from iterdpo.annotation.judge import JudgeAnnotator
+
+        cache = cfg.judge.cache
+        if cache is None and run_dir is not None:
+            cache = str(Path(run_dir) / "judge_cache.sqlite")
+        cache = None if cache in (None, "none") else cache
+        return JudgeAnnotator(cfg.judge, cache_path=cache, seed=seed, on_unparseable="coin" if for_eval else "drop")
+    if name == "implicit":
+        from iterdpo.annotation.implicit import ImplicitAnnotator
+
+        return ImplicitAnnotator(cfg.implicit_column)
+    if name == "human":
+        from iterdpo.annotation.human import HumanAnnotator, labels_path
+
+        if run_dir is None or iteration is None:
+            raise ValueError("annotator 'human' needs the run directory and the iteration")
+        return HumanAnnotator(labels_path(run_dir, iteration))
+    raise ValueError(f"unknown annotator {name!r}; available: {ANNOTATORS}")
 
 
 def annotate(
@@ -50,25 +97,44 @@ def annotate(
     ties: str,
     iteration: int,
     seed: int,
+    tie_threshold: float = 0.0,
+    noise: float = 0.0,
 ) -> tuple[pa.Table, dict]:
-    """Label and orient candidate pairs; returns (PREFERENCES table, stats)."""
+    """Label and orient candidate pairs; returns (PREFERENCES table, stats).
+
+    A label with ``|label| <= tie_threshold`` is a tie (dropped, or oriented by a seeded
+    coin with ``ties='random'``). With ``noise > 0`` a seeded ``round(noise * pairs)`` of
+    the oriented pairs get chosen and rejected swapped (:func:`iterdpo.annotation.noise.swap_indices`).
+    """
+    from iterdpo.annotation.noise import swap_indices
+
     by_id = records.rows_by(scored, "completion_id")
     cands = candidates.to_pylist()
     a = [by_id[c["a_id"]] for c in cands]
     b = [by_id[c["b_id"]] for c in cands]
-    labels = annotator.compare([x["prompt"] for x in a], [x["completion"] for x in a], [x["completion"] for x in b])
+    if hasattr(annotator, "compare_rows"):
+        labels = annotator.compare_rows(a, b)
+    else:
+        labels = annotator.compare([x["prompt"] for x in a], [x["completion"] for x in a], [x["completion"] for x in b])
+    if len(labels) != len(cands):
+        raise RuntimeError(f"annotator {annotator.name!r} returned {len(labels)} labels for {len(cands)} pairs")
     rng = random.Random(seed)
-    out, dropped, tied = [], 0, 0
-    for ra, rb, lab in zip(a, b, labels):
-        if lab is None:
+    oriented, dropped, tied = [], 0, 0
+    for ra, rb, lab in zip(a, b, labels, strict=True):
+        if lab is None or (isinstance(lab, float) and math.isnan(lab)):
             dropped += 1
             continue
-        if lab == 0:
+        if abs(lab) <= tie_threshold:
             tied += 1
             if ties == "drop":
                 continue
             lab = rng.choice([1, -1])
-        w, l = (ra, rb) if lab > 0 else (rb, ra)
+        oriented.append((ra, rb) if lab > 0 else (rb, ra))
+    swapped = swap_indices(len(oriented), noise, seed)
+    for i in swapped:
+        oriented[i] = oriented[i][::-1]
+    out = []
+    for w, lose in oriented:
         ref_col = {"fixed": "ref_logp", "previous": "policy_logp"}.get(reference)
         # training starts from the scored policy when continuing, or from the initial
         # model when resetting, which is the scored reference only if that is fixed.
@@ -78,18 +144,24 @@ def annotate(
                 "prompt_id": w["prompt_id"],
                 "prompt": w["prompt"],
                 "chosen": w["completion"],
-                "rejected": l["completion"],
+                "rejected": lose["completion"],
                 "chosen_id": w["completion_id"],
-                "rejected_id": l["completion_id"],
+                "rejected_id": lose["completion_id"],
                 "ref_chosen_logps": w[ref_col] if ref_col else math.nan,
-                "ref_rejected_logps": l[ref_col] if ref_col else math.nan,
+                "ref_rejected_logps": lose[ref_col] if ref_col else math.nan,
                 "policy_chosen_logps": w[start_col] if start_col else math.nan,
-                "policy_rejected_logps": l[start_col] if start_col else math.nan,
+                "policy_rejected_logps": lose[start_col] if start_col else math.nan,
                 "chosen_stopped": w["finish_reason"] == "stop",
-                "rejected_stopped": l["finish_reason"] == "stop",
+                "rejected_stopped": lose["finish_reason"] == "stop",
                 "label_source": annotator.name,
                 "iteration": iteration,
             }
         )
     stats = {"candidates": len(cands), "pairs": len(out), "ties": tied, "unlabelled": dropped}
+    if noise > 0:
+        # which pairs carry a wrong label: lets an analysis ask whether selection filters them out
+        stats.update(noise_fraction=noise, noise_swapped=len(swapped),
+                     noise_swapped_pairs=[[out[i]["chosen_id"], out[i]["rejected_id"]] for i in swapped])
+    if hasattr(annotator, "stats"):
+        stats["annotator"] = annotator.stats()
     return records.from_rows(out, records.PREFERENCES), stats

@@ -11,4 +11,4 @@ class GoldAnnotator:
     name = "gold"
 
     def compare(self, prompts: list[str], a: list[str], b: list[str]) -> list[float | None]:
-        return [gold_reward(x, ya) - gold_reward(x, yb) for x, ya, yb in zip(prompts, a, b)]
+        return [gold_reward(x, ya) - gold_reward(x, yb) for x, ya, yb in zip(prompts, a, b, strict=True)]

@@ -1,0 +1,85 @@
+"""Evaluation metrics: correlations, KL estimate, ranking accuracy, and compare()."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from iterdpo import records
+from iterdpo.annotation.gold import GoldAnnotator
+from iterdpo.evaluation import compare, kl_estimate, pearson, ranking_accuracy, ranks, spearman
+from iterdpo.toy.task import gold_reward
+
+floats = st.floats(-1e3, 1e3, allow_nan=False)
+
+
+def test_pearson_and_spearman_known_values():
+    assert pearson([1, 2, 3], [2, 4, 6]) == pytest.approx(1.0)
+    assert pearson([1, 2, 3], [3, 2, 1]) == pytest.approx(-1.0)
+    assert math.isnan(pearson([1, 1, 1], [1, 2, 3]))
+    assert spearman([1, 2, 3, 4], [1, 8, 27, 64]) == pytest.approx(1.0)  # monotone, not linear
+    assert pearson([1, 2, 3, 4], [1, 8, 27, 64]) < 1.0
+    assert ranks([10, 20, 20, 30]) == [1, 2.5, 2.5, 4]
+    assert spearman([1, 2, float("nan"), 3], [1, 2, 5, 3]) == pytest.approx(1.0)  # non-finite pairs dropped
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.tuples(floats, floats), min_size=3, max_size=40))
+def test_correlations_are_bounded_and_symmetric(pts):
+    xs, ys = [p[0] for p in pts], [p[1] for p in pts]
+    for f in (pearson, spearman):
+        r = f(xs, ys)
+        assert math.isnan(r) or -1.0 <= r <= 1.0
+        assert (math.isnan(r) and math.isnan(f(ys, xs))) or r == pytest.approx(f(ys, xs))
+
+
+def test_kl_and_ranking_accuracy():
+    assert kl_estimate([-1.0, -2.0], [-2.0, -4.0]) == pytest.approx(1.5)
+    assert math.isnan(kl_estimate([-1.0], [float("nan")]))
+    # pair 1 agrees, pair 2 disagrees, pair 3 a reward tie (0.5), pair 4 unlabelled, pair 5 judge tie
+    assert ranking_accuracy([2, 0, 1, 5, 5], [1, 1, 1, 0, 0], [1, 1, -1, None, 0]) == pytest.approx(1.5 / 3)
+    assert math.isnan(ranking_accuracy([], [], []))
+
+
+def _answers(texts, prompts, tag):
+    rows = [{"prompt_id": records.prompt_id(p), "completion_id": f"{records.prompt_id(p)}-0000", "prompt": p,
+             "completion": t, "num_tokens": len(t.split()) + 1, "finish_reason": "stop"} for p, t in zip(prompts, texts, strict=True)]
+    return records.from_rows(rows, records.COMPLETIONS)
+
+
+def _scored(table, logps):
+    rows = table.to_pylist()
+    for r, (lp, rl) in zip(rows, logps, strict=True):
+        r.update(policy_logp=lp, ref_logp=rl, reward=0.1 * (lp - rl), reward_norm=0.0, reward_simpo=0.0)
+    return records.from_rows(rows, records.SCORED)
+
+
+def test_compare_with_gold_and_implicit_metrics():
+    prompts = ["Write about the cat and the dog.", "Describe a sun and a moon.", "Tell me of the tree and the road."]
+    mine = _answers(["good kind cat dog", "bad sun", "the tree road"], prompts, "p")
+    base = _answers(["bad cat", "lovely sun moon", "the tree road"], prompts, "b")
+    # implicit rewards: policy answers 0.3, 0.1, 0.0; baseline answers 0.0, 0.2, 0.0
+    ps = _scored(mine, [(-5, -8), (-5, -6), (-4, -4)])
+    bs = _scored(base, [(-5, -5), (-5, -7), (-4, -4)])
+    m = compare(mine, base, GoldAnnotator(), gold_reward, policy_scored=ps, baseline_scored=bs)
+    assert m["win_rate"] == pytest.approx((1 + 0 + 0.5) / 3)
+    assert m["mean_gold_reward"] == pytest.approx(sum(gold_reward(p, t) for p, t in zip(prompts, ["good kind cat dog", "bad sun", "the tree road"], strict=True)) / 3)
+    assert m["kl_to_reference"] == pytest.approx((3 + 1 + 0) / 3)
+    assert m["mean_implicit_reward"] == pytest.approx(0.4 / 3)
+    assert m["implicit_ranking_accuracy"] == pytest.approx(1.0)  # both decided pairs ordered as gold orders them
+    assert m["implicit_reward_length_pearson"] is not None
+
+
+def test_eval_judge_resolution():
+    from iterdpo.config import ConfigError, load_config
+    from iterdpo.loop import eval_judge_name
+
+    assert eval_judge_name(load_config(None, [])) == "gold"
+    assert eval_judge_name(load_config(None, ["annotate.annotator=judge"])) == "judge"
+    assert eval_judge_name(load_config(None, ["annotate.annotator=implicit"])) == "gold"  # toy task: gold judges
+    assert eval_judge_name(load_config(None, ["annotate.annotator=implicit", "evaluate.judge=reward_model"])) == "reward_model"
+    with pytest.raises(ConfigError, match="evaluate.judge"):
+        eval_judge_name(load_config(None, ["annotate.annotator=human", "model.name_or_path=/some/model"]))
