@@ -5,13 +5,10 @@
     iterdpo run [--config FILE] [section.key=value ...]           the whole loop (resumes)
     iterdpo sample|score|select|annotate|train|evaluate --iteration K [--config FILE] [overrides]
     iterdpo config [--config FILE] [overrides]                    print the resolved config
-<<<<<<< HEAD
     iterdpo slurm submit CONFIG [overrides] [--iterations-as-jobs] [--nodes N] ...   submit to Slurm
-=======
     iterdpo annotate-export -k K --out FILE [--config FILE]       candidate pairs to .jsonl/.csv for people
     iterdpo annotate-import -k K --labels FILE [--config FILE]    their labels back (checked) for annotator 'human'
     iterdpo report RUN_DIR                                        RUN_DIR/report/index.html with plots
->>>>>>> annotators
 """
 
 from __future__ import annotations
@@ -39,11 +36,9 @@ def _parser() -> argparse.ArgumentParser:
         sp.add_argument("--iteration", "-k", type=int, required=True, help="iteration number (1-based)")
         common(sp)
     common(sub.add_parser("config", help="print the resolved config (defaults + file + overrides)"))
-<<<<<<< HEAD
     from iterdpo.slurm import add_parser as add_slurm  # argparse only; submitting is lazy
 
     add_slurm(sub)
-=======
     sp = sub.add_parser("annotate-export", help="write an iteration's candidate pairs to .jsonl/.csv for people to label")
     sp.add_argument("--iteration", "-k", type=int, required=True, help="iteration number (1-based)")
     sp.add_argument("--out", required=True, help="output file (.jsonl or .csv)")
@@ -54,7 +49,6 @@ def _parser() -> argparse.ArgumentParser:
     common(sp)
     sp = sub.add_parser("report", help="write RUN_DIR/report/index.html (plots of every finished iteration)")
     sp.add_argument("run_dir", help="a run directory, e.g. runs/toy")
->>>>>>> annotators
     return p
 
 
@@ -65,7 +59,6 @@ def main(argv: list[str] | None = None) -> int:
     from iterdpo.rundir import StageMismatch
 
     try:
-<<<<<<< HEAD
         if args.command == "slurm":
             from iterdpo.slurm import SlurmError
             from iterdpo.slurm import main as slurm_main
@@ -75,13 +68,11 @@ def main(argv: list[str] | None = None) -> int:
             except SlurmError as e:
                 print(f"iterdpo: error: {e}", file=sys.stderr)
                 return 1
-=======
         if args.command == "report":
             from iterdpo.report import write_report
 
             print(write_report(args.run_dir))
             return 0
->>>>>>> annotators
         cfg = load_config(args.config, args.overrides)
         if args.command in ("annotate-export", "annotate-import"):
             return _human(args, cfg)
