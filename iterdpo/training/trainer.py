@@ -397,7 +397,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--config")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("overrides", nargs="*")
-    a = p.parse_args(argv)
+    a = p.parse_intermixed_args(argv)
     cfg = load_config(a.config, a.overrides)
     stats = train(
         records.read_table(Path(a.pairs)), a.start, Path(a.dest), tokenizer_path=cfg.model.tokenizer,
