@@ -25,11 +25,24 @@ def is_main() -> bool:
 
 
 def init() -> None:
-    """Create the process group when launched with more than one process (no-op otherwise)."""
-    if world_size() > 1:
-        from accelerate import PartialState
+    """Create the process group when launched with more than one process (no-op otherwise).
 
+    accelerate only builds a multi-process state on CPU when told so: ``cpu=True`` gives
+    gloo DDP, and under DeepSpeed (``ACCELERATE_USE_DEEPSPEED``, ``DS_ACCELERATOR=cpu``)
+    it needs ``backend="gloo"`` with ``cpu=False`` (``cpu=True`` would turn DeepSpeed
+    off); without either it silently runs every rank as a single process.
+    """
+    if world_size() == 1:
+        return
+    import torch
+    from accelerate import PartialState
+
+    if torch.cuda.is_available():
         PartialState()
+    elif os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true":
+        PartialState(backend="gloo")
+    else:
+        PartialState(cpu=True)
 
 
 def barrier() -> None:
@@ -37,6 +50,7 @@ def barrier() -> None:
     if world_size() > 1:
         from accelerate import PartialState
 
+        init()
         PartialState().wait_for_everyone()
 
 

@@ -59,6 +59,7 @@ def _device():
     if distributed.world_size() > 1:
         from accelerate import PartialState
 
+        distributed.init()
         return PartialState().device
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 

@@ -125,8 +125,12 @@ def train(
     from iterdpo.logprobs import collate, encode
     from iterdpo.training.losses import LOSSES
 
+    from iterdpo import distributed
+
     dest = Path(dest)
-    accelerator = Accelerator(gradient_accumulation_steps=cfg.grad_accum, cpu=not torch.cuda.is_available())
+    distributed.init()  # the right multi-process state on CPU (see iterdpo.distributed)
+    # no cpu= flag: the launcher (use_cpu in the accelerate config) or the hardware decides
+    accelerator = Accelerator(gradient_accumulation_steps=cfg.grad_accum)
     W, R = accelerator.num_processes, accelerator.process_index
     set_seed(seed)
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_path or start_path)
@@ -159,9 +163,13 @@ def train(
     epochs = [batch_schedule(lengths, cfg.batch_size, W, seed, e, cfg.group_by_length) for e in range(cfg.epochs)]
     micro_steps = sum(len(e) for e in epochs)
     total_updates = max(1, math.ceil(micro_steps / cfg.grad_accum))
-    if accelerator.state.deepspeed_plugin is not None:
-        # no dataloader goes through prepare(), so DeepSpeed cannot infer its micro-batch size
-        accelerator.state.deepspeed_plugin.deepspeed_config["train_micro_batch_size_per_gpu"] = cfg.batch_size
+    ds = accelerator.state.deepspeed_plugin
+    if ds is not None:
+        # no dataloader goes through prepare(), so DeepSpeed cannot infer its micro-batch size;
+        # DeepSpeed clips gradients itself, with the config's norm
+        ds.deepspeed_config["train_micro_batch_size_per_gpu"] = cfg.batch_size
+        if ds.deepspeed_config.get("gradient_clipping", "auto") == "auto":
+            ds.deepspeed_config["gradient_clipping"] = cfg.max_grad_norm
     params = [p for p in model.parameters() if p.requires_grad]
     optim = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
     sched = get_linear_schedule_with_warmup(optim, int(cfg.warmup_ratio * total_updates), total_updates)
