@@ -7,7 +7,14 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from iterdpo.logprobs import collate, encode, length_buckets, render_prompt, score_logps, sequence_logps
+from iterdpo.logprobs import (
+    collate,
+    encode,
+    length_buckets,
+    render_prompt,
+    score_logps,
+    sequence_logps,
+)
 
 
 @pytest.fixture(scope="module")

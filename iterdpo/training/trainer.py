@@ -110,11 +110,13 @@ def train(
     seed: int,
     ckpt_dir: Path | None = None,
     progress: str | None = "train",
+    history: list[float] | None = None,
 ) -> dict:
     """Train ``start_path`` on ``pairs`` with ``cfg.loss``; save to ``dest``; return metrics.
 
     Run it on every rank of a launch; rank 0 writes ``dest``. ``ckpt_dir`` (kept across
     restarts, e.g. the stage's ``.partial`` folder) enables mid-epoch checkpoints.
+    ``history``, if given, receives the mean loss of every micro-step as it is taken.
     """
     import torch
     from accelerate import Accelerator
@@ -122,10 +124,9 @@ def train(
     from tqdm.auto import tqdm
     from transformers import AutoModelForCausalLM, AutoTokenizer, get_linear_schedule_with_warmup
 
+    from iterdpo import distributed
     from iterdpo.logprobs import collate, encode
     from iterdpo.training.losses import LOSSES
-
-    from iterdpo import distributed
 
     dest = Path(dest)
     distributed.init()  # the right multi-process state on CPU (see iterdpo.distributed)
@@ -227,6 +228,8 @@ def train(
             stats = accelerator.reduce(stats, reduction="sum")
             losses.append(float(stats[0]) / len(gbatch))
             accs.append(float(stats[1]) / len(gbatch))
+            if history is not None:
+                history.append(losses[-1])
             bar.update(1)
             bar.set_postfix(loss=f"{losses[-1]:.4f}")
             if ckpt_dir is not None and cfg.checkpoint_every and step < micro_steps and step % (cfg.checkpoint_every * cfg.grad_accum) == 0:

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 
-def make_pairs(model_dir: Path, n: int, seed: int = 0, max_words: int = 12):
+def make_pairs(model_dir: Path, n: int, seed: int = 0, max_words: int = 12, unstopped_every: int = 5):
     """n pairs of random toy-vocabulary responses; ref = policy log-probs of ``model_dir`` (iteration 1)."""
     import math
 
@@ -27,7 +27,7 @@ def make_pairs(model_dir: Path, n: int, seed: int = 0, max_words: int = 12):
         c = " ".join(rng.choice(words) for _ in range(rng.randint(1, max_words)))
         r = " ".join(rng.choice(words) for _ in range(rng.randint(1, max_words)))
         rows.append({"prompt_id": f"p{i}", "prompt": p, "chosen": c, "rejected": r, "chosen_id": f"p{i}-c",
-                     "rejected_id": f"p{i}-r", "chosen_stopped": True, "rejected_stopped": i % 5 != 0,
+                     "rejected_id": f"p{i}-r", "chosen_stopped": True, "rejected_stopped": not (unstopped_every and i % unstopped_every == 0),
                      "label_source": "test", "iteration": 1})
     tok = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForCausalLM.from_pretrained(model_dir)
