@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 STAGES = ("sample", "score", "select", "annotate", "train", "evaluate")
@@ -86,8 +87,9 @@ def main(argv: list[str] | None = None) -> int:
         else:
             run = loop.Run(cfg)
             run.rd.root.mkdir(parents=True, exist_ok=True)
-            loop.STAGE_FNS[args.command](run, args.iteration)
-            loop.write_summary(run)
+            loop.run_stage(run, args.command, args.iteration)
+            if int(os.environ.get("RANK", "0")) == 0:
+                loop.write_summary(run)
     except (ConfigError, RecordError, StageMismatch) as e:
         print(f"iterdpo: error: {e}", file=sys.stderr)
         return 2

@@ -113,6 +113,10 @@ class SampleConfig(_Section):
 class ScoreConfig(_Section):
     beta: float = Field(0.1, gt=0.0, description="beta of the implicit reward beta*(logp - logp_ref).")
     batch_tokens: int = Field(8192, ge=64, description="Token budget of one length-bucketed scoring batch.")
+    prev_policy: bool = Field(
+        False, description="Also score under pi_{t-2} and its reference (columns prev_policy_logp, prev_ref_logp, prev_reward) for SeRA's ensemble; NaN while pi_{t-2} is not an aligned model."
+    )
+    shard_rows: int = Field(512, ge=1, description="Completions per scoring shard (the unit ranks split and a restart keeps).")
 
 
 class SelectConfig(_Section):
@@ -194,6 +198,17 @@ class TrainConfig(_Section):
     warmup_ratio: float = Field(0.1, ge=0.0, lt=1.0, description="Linear warm-up share of the steps.")
     check_tolerance: float = Field(
         1e-3, gt=0.0, description="Max |logp difference| (nats) between training's first forward and the scored log-probs."
+    )
+    group_by_length: bool = Field(True, description="Batch pairs of similar length together (within windows of 16 batches) so padding stays small.")
+    checkpoint_every: int = Field(
+        50, ge=0, description="Save model/optimizer/scheduler/RNG every N optimiser steps into the stage's .partial folder (0 = never); a killed stage resumes there."
+    )
+    score_batch_tokens: int = Field(8192, ge=64, description="Token budget of the no-grad pass that computes each pair's final margin.")
+    lora_r: int = Field(0, ge=0, description="LoRA rank through PEFT (0 = full fine-tuning).")
+    lora_alpha: float = Field(16.0, gt=0.0, description="LoRA alpha (scale alpha/r).")
+    lora_dropout: float = Field(0.0, ge=0.0, lt=1.0, description="Dropout on the LoRA branch.")
+    lora_target_modules: str | list[str] = Field(
+        "all-linear", description="Modules LoRA adapts: 'all-linear' or a list of module names (e.g. [q_proj, v_proj])."
     )
 
 

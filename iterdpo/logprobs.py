@@ -157,6 +157,7 @@ def score_logps(
     max_length: int,
     batch_tokens: int,
     progress: str | None = None,
+    max_batch: int | None = None,
 ) -> tuple[list[float], list[int]]:
     """Log-probs of many (prompt, completion, finish_reason) rows, length-bucketed.
 
@@ -180,7 +181,7 @@ def score_logps(
         )
     logps = [0.0] * len(rows)
     ntok = [0] * len(rows)
-    batches = length_buckets([len(e.input_ids) for e in encoded], batch_tokens)
+    batches = length_buckets([len(e.input_ids) for e in encoded], batch_tokens, max_batch)
     for idx in tqdm(batches, desc=progress, disable=progress is None, leave=False):
         batch = collate([encoded[i] for i in idx], tokenizer.pad_token_id, device)
         out = sequence_logps(model, batch)

@@ -132,14 +132,37 @@ class Run:
 # --- stages ------------------------------------------------------------------------
 
 
-def _stage(run: Run, k: int | None, name: str, key: str, write) -> dict:
+def _stage(run: Run, k: int | None, name: str, key: str, write, all_ranks: bool = False) -> dict:
+    """Run ``write`` into the stage folder unless done; ``all_ranks``: every rank of a launch writes.
+
+    Under a launcher every rank calls a sharded stage (score, train): rank 0 creates the
+    temporary folder and publishes it, the barriers keep the others in step; ``write``
+    itself lets only rank 0 write the stage's files.
+    """
+    from iterdpo import distributed as dist
+
     path = run.rd.stage(k, name)
     where = f"iter {k} {name}" if k is not None else name
     if run.rd.done(path, key):
         _log(f"{where}: done already, skipped")
         return run.rd.manifest(path)
-    _log(f"{where}: running")
-    m = run.rd.commit(path, key, write)
+    _log(f"{where}: running" + (f" on {dist.world_size()} processes" if all_ranks and dist.world_size() > 1 else ""))
+    if all_ranks and dist.world_size() > 1:
+
+        def in_step(tmp: Path) -> dict:
+            dist.barrier()  # rank 0 has (re)created tmp
+            stats = write(tmp)
+            dist.barrier()  # every rank has finished writing
+            return stats
+
+        if dist.is_main():
+            m = run.rd.commit(path, key, in_step)
+        else:
+            in_step(path.parent / f".{path.name}.tmp")
+        dist.barrier()  # rank 0 has published the stage
+        m = run.rd.manifest(path)
+    else:
+        m = run.rd.commit(path, key, write)
     _log(f"{where}: {json.dumps(m['stats'])} ({m['wall_seconds']:.1f} s)")
     return m
 
@@ -181,18 +204,27 @@ def score(run: Run, k: int) -> dict:
 
     cfg = run.cfg
     policy, ref = run.policy(k - 1), run.reference_of(k - 1)
-    key = key_of(inp=run.stage_key(k, "sample"), policy=run.model_key(policy), ref=run.model_key(ref), score=cfg.score.model_dump())
+    # SeRA's ensemble needs pi_{k-2} (and its reference) once pi_{k-2} is an aligned model
+    prev, prev_ref = (run.policy(k - 2), run.reference_of(k - 2)) if cfg.score.prev_policy and k >= 3 else (None, None)
+    key = key_of(
+        inp=run.stage_key(k, "sample"), policy=run.model_key(policy), ref=run.model_key(ref), score=cfg.score.model_dump(),
+        **({"prev": run.model_key(prev), "prev_ref": run.model_key(prev_ref)} if prev else {}),
+    )
+    path = run.rd.stage(k, "score")
 
     def write(tmp: Path) -> dict:
         table = scoring.score(
             run.data(k, "sample", "completions.parquet"), policy, ref,
             tokenizer_path=cfg.model.tokenizer, model_cfg=cfg.model, beta=cfg.score.beta, batch_tokens=cfg.score.batch_tokens,
+            prev_policy_path=prev, prev_ref_path=prev_ref, shard_dir=run.rd.partial(path) / key, shard_rows=cfg.score.shard_rows,
         )
+        if table is None:  # not rank 0: its shards are written, rank 0 gathered them
+            return {}
         records.write_table(table, tmp / "scored.parquet")
         rewards = table.column("reward").to_pylist()
         return {"completions": table.num_rows, "mean_reward": sum(rewards) / max(len(rewards), 1)}
 
-    return _stage(run, k, "score", key, write)
+    return _stage(run, k, "score", key, write, all_ranks=True)
 
 
 def select(run: Run, k: int) -> dict:
@@ -276,13 +308,18 @@ def train(run: Run, k: int) -> dict:
         train=cfg.train.model_dump(), model_cfg=cfg.model.model_dump(), seed=cfg.run.seed,
     )
 
+    path = run.rd.stage(k, "train")
+
     def write(tmp: Path) -> dict:
         pairs = pa.concat_tables([run.data(i, "annotate", "pairs.parquet") for i in iters])
         if pairs.num_rows == 0:
             raise RuntimeError(f"iteration {k}: no preference pairs to train on (all dropped by annotation)")
-        return fit(pairs, start, tmp, tokenizer_path=cfg.model.tokenizer, model_cfg=cfg.model, cfg=cfg.train, seed=derived_seed(cfg, k, "train"))
+        return fit(
+            pairs, start, tmp, tokenizer_path=cfg.model.tokenizer, model_cfg=cfg.model, cfg=cfg.train,
+            seed=derived_seed(cfg, k, "train"), ckpt_dir=run.rd.partial(path) / key,
+        )
 
-    return _stage(run, k, "train", key, write)
+    return _stage(run, k, "train", key, write, all_ranks=True)
 
 
 def _eval_responses(run: Run, k: int | None, model: str) -> dict:
@@ -349,6 +386,29 @@ def evaluate(run: Run, k: int) -> dict:
 
 
 STAGE_FNS = {"sample": sample, "score": score, "select": select, "annotate": annotate, "train": train, "evaluate": evaluate}
+ALL_RANK_STAGES = ("score", "train")  # sharded over the processes of a launch; the others run on rank 0
+
+
+def run_stage(run: Run, stage: str, k: int) -> dict | None:
+    """Run one stage of iteration k, multi-process aware.
+
+    With ``WORLD_SIZE > 1`` (``accelerate launch``, ``torchrun``) score and train run on
+    every rank; any other stage runs on rank 0 while the others wait for its manifest
+    (polling the shared run directory, so a long sampling stage cannot time out a
+    collective; if rank 0 fails, the launcher stops the other ranks).
+    """
+    from iterdpo import distributed as dist
+
+    if dist.world_size() == 1 or stage in ALL_RANK_STAGES:
+        dist.init()
+        return STAGE_FNS[stage](run, k)
+    dist.init()
+    if dist.is_main():
+        return STAGE_FNS[stage](run, k)
+    path = run.rd.stage(k, stage)
+    while run.rd.manifest(path) is None:
+        time.sleep(0.5)
+    return run.rd.manifest(path)
 
 
 # --- the loop ----------------------------------------------------------------------
@@ -406,17 +466,25 @@ def write_summary(run: Run) -> dict:
 
 
 def run_all(cfg: Config) -> dict:
-    """Run (or resume) every iteration; returns the summary."""
+    """Run (or resume) every iteration; returns the summary (rank 0 writes the run's files)."""
+    from iterdpo import distributed as dist
+
     run = Run(cfg)
-    run.rd.root.mkdir(parents=True, exist_ok=True)
-    (run.rd.root / "config.yaml").write_text(dump_config(cfg))
+    main = dist.is_main()
+    if main:
+        run.rd.root.mkdir(parents=True, exist_ok=True)
+        (run.rd.root / "config.yaml").write_text(dump_config(cfg))
     start = time.time()
-    tracker = make_tracker(run)
+    tracker = make_tracker(run) if main else None
     for k in range(1, cfg.run.iterations + 1):
         for stage in STAGES:
-            STAGE_FNS[stage](run, k)
-        write_summary(run)
-        tracker.log_iteration(run, k)
+            run_stage(run, stage, k)
+        if main:
+            write_summary(run)
+            tracker.log_iteration(run, k)
+    summary = summarize(run)
+    if not main:
+        return summary
     summary = write_summary(run)
     tracker.finish(summary)
     _log(f"finished {cfg.run.iterations} iteration(s) in {time.time() - start:.1f} s -> {run.rd.root / 'summary.json'}")

@@ -8,7 +8,8 @@ here. Column names follow TRL where TRL has one (``prompt``, ``chosen``, ``rejec
 
     prompts      prompt_id, prompt, source
     completions  prompt_id, completion_id, prompt, completion, num_tokens, finish_reason
-    scored       completions + policy_logp, ref_logp, reward, reward_norm, reward_simpo
+    scored       completions + policy_logp, ref_logp, reward, reward_norm, reward_simpo,
+                 prev_policy_logp, prev_ref_logp, prev_reward
     candidates   prompt_id, a_id, b_id, margin, selector
     preferences  prompt_id, prompt, chosen, rejected, chosen_id, rejected_id,
                  ref_chosen_logps, ref_rejected_logps, policy_chosen_logps,
@@ -55,6 +56,10 @@ SCORED = SCORED.append(pa.field("ref_logp", pa.float64()))  # log ref(y|x) of th
 SCORED = SCORED.append(pa.field("reward", pa.float64()))  # beta * (policy_logp - ref_logp)
 SCORED = SCORED.append(pa.field("reward_norm", pa.float64()))  # reward / num_tokens
 SCORED = SCORED.append(pa.field("reward_simpo", pa.float64()))  # beta * policy_logp / num_tokens
+# SeRA's ensemble (score.prev_policy): pi_{t-2}'s log-probs, its reference's, its implicit reward; NaN if not scored
+SCORED = SCORED.append(pa.field("prev_policy_logp", pa.float64()))
+SCORED = SCORED.append(pa.field("prev_ref_logp", pa.float64()))
+SCORED = SCORED.append(pa.field("prev_reward", pa.float64()))
 
 CANDIDATES = pa.schema(
     [

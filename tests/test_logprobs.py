@@ -1,71 +1,89 @@
-import math
+"""The one log-prob routine: masks, truncation, float32 sums, entropy, pooled embeddings, buckets."""
+
+from __future__ import annotations
 
 import pytest
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
-from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from iterdpo.logprobs import collate, encode, length_buckets, render_prompt, score_logps, sequence_logps
-
-
-@given(st.lists(st.integers(1, 300), max_size=60), st.integers(64, 2048))
-def test_length_buckets_cover_every_index_once_within_budget(lengths, budget):
-    batches = length_buckets(lengths, budget)
-    assert sorted(i for b in batches for i in b) == list(range(len(lengths)))
-    for b in batches:
-        assert len(b) == 1 or max(lengths[i] for i in b) * len(b) <= budget
+from iterdpo.logprobs import (
+    collate,
+    encode,
+    length_buckets,
+    render_prompt,
+    score_logps,
+    sequence_logps,
+)
 
 
 @pytest.fixture(scope="module")
-def model_and_tok(tiny_model_dir):
-    torch.manual_seed(0)
+def tiny(tiny_model_dir):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
     return AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval(), AutoTokenizer.from_pretrained(tiny_model_dir)
 
 
-def manual_logp(model, tok, prompt, completion, stopped):
-    """Token-by-token reference: log pi(y|x) = sum_t log softmax(logits_{t-1})[y_t]."""
-    p = render_prompt(tok, prompt, 64)
-    r = tok(completion, add_special_tokens=False)["input_ids"] + ([tok.eos_token_id] if stopped else [])
-    ids = torch.tensor([p + r])
-    with torch.no_grad():
-        logits = model(ids).logits[0].float()
-    lp = torch.log_softmax(logits, -1)
-    return sum(lp[len(p) + i - 1, t].item() for i, t in enumerate(r)), len(r)
-
-
-def test_encode_masks_and_truncation(model_and_tok):
-    _, tok = model_and_tok
-    e = encode(tok, "Write about the cat and the dog.", "good cat", stopped=True, max_prompt_length=64, max_length=256)
-    assert e.input_ids[e.prompt_len - 1] == tok.convert_tokens_to_ids("<|assistant|>")
+def test_encode_masks_only_the_response_and_appends_eos(tiny):
+    _, tok = tiny
+    e = encode(tok, "Write about the cat.", "the cat is good", stopped=True, max_prompt_length=64, max_length=128)
+    p = render_prompt(tok, "Write about the cat.", 64)
+    assert e.input_ids[: e.prompt_len] == p
     assert e.input_ids[-1] == tok.eos_token_id
-    cut = encode(tok, "Write about the cat and the dog.", "good cat " * 40, stopped=True, max_prompt_length=4, max_length=12)
-    assert cut.prompt_len == 4 and len(cut.input_ids) == 12
-    assert cut.input_ids[3] == tok.convert_tokens_to_ids("<|assistant|>")  # the left end is cut
-    batch = collate([e, cut], tok.pad_token_id)
-    assert batch["response_mask"].sum(1).tolist() == [len(e.input_ids) - e.prompt_len, 8]
-    assert not batch["response_mask"][:, 0].any()
+    assert tok.decode(e.input_ids[e.prompt_len : -1]) == "the cat is good"
+    batch = collate([e], tok.pad_token_id)
+    assert batch["response_mask"].sum() == len(e.input_ids) - e.prompt_len
 
 
-def test_batched_logps_equal_token_by_token(model_and_tok):
-    model, tok = model_and_tok
-    rows = [
-        {"prompt": "Write about the cat and the dog.", "completion": "good cat is very bright", "finish_reason": "stop"},
-        {"prompt": "Describe a moon and a sun.", "completion": "sad", "finish_reason": "length"},
-        {"prompt": "Tell me of the rain and the snow.", "completion": "", "finish_reason": "stop"},
-        {"prompt": "Write about the cat and the dog.", "completion": "the dog and the cat are kind and warm", "finish_reason": "stop"},
-    ]
-    logps, ntok = score_logps(model, tok, rows, max_prompt_length=64, max_length=256, batch_tokens=64)
-    for r, lp, n in zip(rows, logps, ntok):
-        want, wn = manual_logp(model, tok, r["prompt"], r["completion"], r["finish_reason"] == "stop")
-        assert n == wn
-        assert math.isclose(lp, want, abs_tol=1e-4)
+def test_truncation_policy(tiny):
+    _, tok = tiny
+    long_prompt = "Write about the cat. " * 30
+    e = encode(tok, long_prompt, "good " * 100, stopped=True, max_prompt_length=16, max_length=40)
+    p_full = render_prompt(tok, long_prompt, 10_000)
+    assert e.prompt_len == 16 and e.input_ids[:16] == p_full[-16:]  # the prompt keeps its end
+    assert len(e.input_ids) == 40  # the response is cut at its end (EOS lost with it)
+    assert e.input_ids[-1] != tok.eos_token_id
 
 
-def test_entropy_and_embedding(model_and_tok):
-    model, tok = model_and_tok
-    enc = [encode(tok, "Describe a moon and a sun.", y, stopped=True, max_prompt_length=64, max_length=256) for y in ("kind moon", "cold")]
-    out = sequence_logps(model, collate(enc, tok.pad_token_id), with_entropy=True, with_embedding=True)
-    V = len(tok)
-    assert out.entropy.shape == (2,) and ((out.entropy > 0) & (out.entropy <= math.log(V) + 1e-4)).all()
-    assert out.embedding.shape == (2, model.config.hidden_size)
+def test_sequence_logps_matches_a_per_token_loop(tiny):
+    model, tok = tiny
+    texts = ["the cat is good", "bad", "the river is calm and clear and bright"]
+    enc = [encode(tok, "Write about the cat.", t, stopped=i != 1, max_prompt_length=64, max_length=128) for i, t in enumerate(texts)]
+    batch = collate(enc, tok.pad_token_id)
+    out = sequence_logps(model, batch, with_entropy=True, with_embedding=True)
+    assert out.logps.dtype == torch.float32
+    with torch.no_grad():
+        for b, e in enumerate(enc):
+            ids = torch.tensor([e.input_ids])
+            o = model(ids, output_hidden_states=True)
+            lp = torch.log_softmax(o.logits[0].double(), -1)
+            resp = range(e.prompt_len, len(e.input_ids))
+            want = sum(lp[t - 1, e.input_ids[t]] for t in resp)
+            ent = sum(-(lp[t - 1].exp() * lp[t - 1]).sum() for t in resp) / len(resp)
+            emb = o.hidden_states[-1][0, e.prompt_len :].mean(0)
+            assert float(out.logps[b]) == pytest.approx(float(want), abs=1e-4)
+            assert int(out.num_tokens[b]) == len(resp)
+            assert float(out.entropy[b]) == pytest.approx(float(ent), abs=1e-4)
+            torch.testing.assert_close(out.embedding[b], emb.float(), atol=1e-5, rtol=1e-4)
+
+
+def test_padding_and_bucketing_do_not_change_logps(tiny):
+    model, tok = tiny
+    rows = [{"prompt": f"Write about the {w}.", "completion": " ".join([w] * (i + 1)), "finish_reason": "stop"} for i, w in enumerate(["cat", "dog", "sun", "tree", "river"] * 4)]
+    kw = dict(max_prompt_length=64, max_length=128)
+    one, _ = score_logps(model, tok, rows, batch_tokens=10_000, **kw)
+    small, _ = score_logps(model, tok, rows, batch_tokens=64, **kw)
+    assert one == pytest.approx(small, abs=1e-4)
+
+
+@given(st.lists(st.integers(1, 300), min_size=0, max_size=200), st.integers(64, 4096), st.none() | st.integers(1, 16))
+def test_length_buckets_partition_under_budget(lengths, budget, max_batch):
+    batches = length_buckets(lengths, budget, max_batch)
+    flat = sorted(i for b in batches for i in b)
+    assert flat == list(range(len(lengths)))
+    for b in batches:
+        assert b
+        if len(b) > 1:  # a single over-long sequence gets a batch of its own
+            assert max(lengths[i] for i in b) * len(b) <= budget
+        if max_batch:
+            assert len(b) <= max_batch

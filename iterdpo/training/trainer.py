@@ -1,23 +1,102 @@
 """Preference training on accelerate, with stored reference log-probs and no reference model.
 
 Inputs are PREFERENCES rows; the reference log-probs come from the scoring stage, so only
-the policy is in memory. Before the first optimiser step the policy's log-probs of the
-first batch are compared with the log-probs scoring stored for the same model
-(``policy_*_logps``): a difference means scoring and training tokenised differently, and
-training stops rather than optimise against wrong references.
+the policy is in memory (one forward + backward per step instead of TRL's policy forward
++ backward + reference forward). The same :func:`iterdpo.logprobs.sequence_logps` that
+scoring used computes the policy's log-probs, so before the first optimiser step they are
+compared with the log-probs scoring stored for the same model (``policy_*_logps``): a
+difference means scoring and training tokenised differently, and training stops rather
+than optimise against wrong references.
+
+Batching. Every optimiser micro-step takes a *global batch* of ``batch_size * W`` pairs
+(W processes); rank r takes its contiguous slice. With ``group_by_length`` the pairs of a
+seeded shuffle are sorted by length inside windows of 16 global batches and the batches
+of a window are shuffled again, so chosen and rejected of similar lengths share a padded
+batch (small padding) while the order stays random. The per-rank loss is
+``sum_i loss_i * W / n_global`` so that the gradient averaged over ranks is the mean over
+the global batch whatever its split (an uneven last batch included).
+
+Resume. Every ``checkpoint_every`` optimiser steps the model, optimiser, scheduler, RNG
+states (``accelerator.save_state``, DeepSpeed-aware) and the step counter go to
+``<ckpt_dir>/ckpt``; a restarted stage loads them and skips the steps already taken, and
+ends with the same weights as an uninterrupted run (the batch schedule is a pure function
+of the seed and the epoch).
+
+Outputs (in ``dest``): ``model/`` (plain transformers weights, LoRA merged in),
+``adapter/`` (the LoRA adapter alone, when ``lora_r > 0``), and ``pair_margins.parquet``:
+each pair's implicit reward margin under the final policy, with its final log-probs.
 """
 
 from __future__ import annotations
 
+import json
 import math
+import os
 import random
+import shutil
 from pathlib import Path
 
 import pyarrow as pa
 
+PAIR_MARGINS = pa.schema(
+    [
+        ("chosen_id", pa.string()),
+        ("rejected_id", pa.string()),
+        ("margin", pa.float64()),  # final implicit margin (beta*h, or SimPO's normalised one)
+        ("policy_chosen_logps", pa.float64()),  # log pi_final(y_w|x), summed
+        ("policy_rejected_logps", pa.float64()),
+    ]
+)
+
+GROUP_WINDOW = 16  # global batches sorted together by length
+
 
 class TokenisationMismatch(RuntimeError):
     pass
+
+
+def batch_schedule(lengths: list[int], batch_size: int, world: int, seed: int, epoch: int, group_by_length: bool) -> list[list[int]]:
+    """Global batches of one epoch: lists of pair indices, ``batch_size * world`` each (the last may be short).
+
+    A pure function of its arguments, which is what makes a resumed run repeat the
+    interrupted one exactly.
+    """
+    order = list(range(len(lengths)))
+    rng = random.Random(seed * 1000 + epoch)
+    rng.shuffle(order)
+    g = batch_size * world
+    if not group_by_length:
+        return [order[i : i + g] for i in range(0, len(order), g)]
+    out = []
+    for w in range(0, len(order), g * GROUP_WINDOW):
+        window = sorted(order[w : w + g * GROUP_WINDOW], key=lambda i: lengths[i])
+        batches = [window[i : i + g] for i in range(0, len(window), g)]
+        rng.shuffle(batches)
+        out.extend(batches)
+    # the one short batch (if any) goes last, where it cannot upset accumulation counts
+    out.sort(key=lambda b: len(b) < g)
+    return out
+
+
+def rank_slice(batch: list[int], rank: int, world: int) -> list[int]:
+    """Rank ``rank``'s share of a global batch (near-equal contiguous parts; may be empty)."""
+    n = len(batch)
+    lo = rank * n // world
+    hi = (rank + 1) * n // world
+    return batch[lo:hi]
+
+
+def _lora_config(cfg):
+    from peft import LoraConfig
+
+    targets = cfg.lora_target_modules
+    return LoraConfig(
+        r=cfg.lora_r,
+        lora_alpha=cfg.lora_alpha,
+        lora_dropout=cfg.lora_dropout,
+        target_modules=targets if targets == "all-linear" else list(targets),
+        task_type="CAUSAL_LM",
+    )
 
 
 def train(
@@ -29,22 +108,38 @@ def train(
     model_cfg,
     cfg,
     seed: int,
+    ckpt_dir: Path | None = None,
     progress: str | None = "train",
+    history: list[float] | None = None,
 ) -> dict:
-    """Train ``start_path`` on ``pairs`` with ``cfg.loss``; save to ``dest/model``; return metrics."""
+    """Train ``start_path`` on ``pairs`` with ``cfg.loss``; save to ``dest``; return metrics.
+
+    Run it on every rank of a launch; rank 0 writes ``dest``. ``ckpt_dir`` (kept across
+    restarts, e.g. the stage's ``.partial`` folder) enables mid-epoch checkpoints.
+    ``history``, if given, receives the mean loss of every micro-step as it is taken.
+    """
     import torch
     from accelerate import Accelerator
     from accelerate.utils import set_seed
     from tqdm.auto import tqdm
     from transformers import AutoModelForCausalLM, AutoTokenizer, get_linear_schedule_with_warmup
 
-    from iterdpo.logprobs import collate, encode, sequence_logps
-    from iterdpo.training.losses import LOSSES, implicit_margin
+    from iterdpo import distributed
+    from iterdpo.logprobs import collate, encode
+    from iterdpo.training.losses import LOSSES
 
-    accelerator = Accelerator(gradient_accumulation_steps=cfg.grad_accum, cpu=not torch.cuda.is_available())
+    dest = Path(dest)
+    distributed.init()  # the right multi-process state on CPU (see iterdpo.distributed)
+    # no cpu= flag: the launcher (use_cpu in the accelerate config) or the hardware decides
+    accelerator = Accelerator(gradient_accumulation_steps=cfg.grad_accum)
+    W, R = accelerator.num_processes, accelerator.process_index
     set_seed(seed)
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_path or start_path)
     model = AutoModelForCausalLM.from_pretrained(start_path, dtype=getattr(torch, model_cfg.dtype))
+    if cfg.lora_r > 0:
+        from peft import get_peft_model
+
+        model = get_peft_model(model, _lora_config(cfg))
     spec = LOSSES[cfg.loss]
     opts = dict(
         beta=cfg.beta,
@@ -55,31 +150,61 @@ def train(
     )
 
     rows = pairs.to_pylist()
+    if spec.needs_reference:
+        for i, r in enumerate(rows):
+            if r["ref_chosen_logps"] is None or r["ref_rejected_logps"] is None or math.isnan(r["ref_chosen_logps"]) or math.isnan(r["ref_rejected_logps"]):
+                raise ValueError(
+                    f"preference pairs, row {i} (chosen_id {r.get('chosen_id')}): field ref_chosen_logps/ref_rejected_logps "
+                    f"is missing or NaN, but loss '{cfg.loss}' needs reference log-probs"
+                )
     kw = dict(max_prompt_length=model_cfg.max_prompt_length, max_length=model_cfg.max_length)
     enc_c = [encode(tokenizer, r["prompt"], r["chosen"], stopped=r["chosen_stopped"], **kw) for r in rows]
     enc_r = [encode(tokenizer, r["prompt"], r["rejected"], stopped=r["rejected_stopped"], **kw) for r in rows]
-    # Rank r of W takes every W-th pair of a seeded shuffle, per epoch.
-    steps_per_epoch = math.ceil(len(rows) / (cfg.batch_size * accelerator.num_processes))
-    total_updates = max(1, math.ceil(steps_per_epoch * cfg.epochs / cfg.grad_accum))
-    optim = torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+    lengths = [max(len(a.input_ids), len(b.input_ids)) for a, b in zip(enc_c, enc_r, strict=True)]
+    epochs = [batch_schedule(lengths, cfg.batch_size, W, seed, e, cfg.group_by_length) for e in range(cfg.epochs)]
+    micro_steps = sum(len(e) for e in epochs)
+    total_updates = max(1, math.ceil(micro_steps / cfg.grad_accum))
+    ds = accelerator.state.deepspeed_plugin
+    if ds is not None:
+        # no dataloader goes through prepare(), so DeepSpeed cannot infer its micro-batch size;
+        # DeepSpeed clips gradients itself, with the config's norm
+        ds.deepspeed_config["train_micro_batch_size_per_gpu"] = cfg.batch_size
+        if ds.deepspeed_config.get("gradient_clipping", "auto") == "auto":
+            ds.deepspeed_config["gradient_clipping"] = cfg.max_grad_norm
+    params = [p for p in model.parameters() if p.requires_grad]
+    optim = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
     sched = get_linear_schedule_with_warmup(optim, int(cfg.warmup_ratio * total_updates), total_updates)
     model, optim, sched = accelerator.prepare(model, optim, sched)
     model.train()
 
+    # --- resume ----------------------------------------------------------------------
+    done_steps, losses, accs = 0, [], []
+    ckpt = _latest_checkpoint(ckpt_dir) if ckpt_dir is not None else None
+    if ckpt is not None:
+        accelerator.load_state(str(ckpt / "state"))
+        meta = json.loads((ckpt / "progress.json").read_text())
+        done_steps, losses, accs = meta["micro_step"], meta["losses"], meta["accs"]
+        if accelerator.is_main_process:
+            print(f"[iterdpo] train: resumed from {ckpt} at micro-step {done_steps}/{micro_steps}", flush=True)
+
     def t(name, idx):
         return torch.tensor([rows[i][name] for i in idx], dtype=torch.float32, device=accelerator.device)
 
-    losses, accs, checked = [], [], False
-    bar = tqdm(total=steps_per_epoch * cfg.epochs, desc=progress, disable=progress is None or not accelerator.is_main_process)
-    for epoch in range(cfg.epochs):
-        order = list(range(len(rows)))
-        random.Random(seed * 1000 + epoch).shuffle(order)
-        order = order[accelerator.process_index :: accelerator.num_processes]
-        for s in range(steps_per_epoch):
-            idx = order[s * cfg.batch_size : (s + 1) * cfg.batch_size]
-            if not idx:
-                # an uneven last step: every rank must still take part in the collective ops
-                idx = order[:1]
+    from iterdpo.logprobs import sequence_logps
+    from iterdpo.training.losses import implicit_margin
+
+    checked = done_steps > 0
+    bar = tqdm(total=micro_steps, initial=done_steps, desc=progress, disable=progress is None or not accelerator.is_main_process)
+    step = 0
+    for sched_e in epochs:
+        for gbatch in sched_e:
+            step += 1
+            if step <= done_steps:
+                continue
+            idx = rank_slice(gbatch, R, W)
+            weight = 1.0
+            if not idx:  # fewer pairs than ranks in the last batch: join the collectives with weight 0
+                idx, weight = gbatch[:1], 0.0
             batch = collate([enc_c[i] for i in idx] + [enc_r[i] for i in idx], tokenizer.pad_token_id, accelerator.device)
             with accelerator.accumulate(model):
                 out = sequence_logps(model, batch)
@@ -90,7 +215,8 @@ def train(
                     _check_start(pc, pr, t("policy_chosen_logps", idx), t("policy_rejected_logps", idx), cfg.check_tolerance)
                     checked = True
                 rc, rr = t("ref_chosen_logps", idx), t("ref_rejected_logps", idx)
-                loss = spec.fn(pc, pr, rc, rr, lc, lr, **opts).mean()
+                per_pair = spec.fn(pc, pr, rc, rr, lc, lr, **opts)
+                loss = per_pair.sum() * (weight * W / len(gbatch))
                 accelerator.backward(loss)
                 if accelerator.sync_gradients:
                     accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
@@ -98,25 +224,150 @@ def train(
                 sched.step()
                 optim.zero_grad()
             margin = implicit_margin(pc.detach(), pr.detach(), rc, rr, lc, lr, loss=cfg.loss, beta=cfg.beta)
-            losses.append(float(accelerator.gather(loss.detach()[None]).mean()))
-            accs.append(float(accelerator.gather((margin > 0).float().mean()[None]).mean()))
+            stats = torch.stack([per_pair.detach().sum() * weight, (margin > 0).float().sum() * weight])
+            stats = accelerator.reduce(stats, reduction="sum")
+            losses.append(float(stats[0]) / len(gbatch))
+            accs.append(float(stats[1]) / len(gbatch))
+            if history is not None:
+                history.append(losses[-1])
             bar.update(1)
             bar.set_postfix(loss=f"{losses[-1]:.4f}")
+            if ckpt_dir is not None and cfg.checkpoint_every and step < micro_steps and step % (cfg.checkpoint_every * cfg.grad_accum) == 0:
+                _save_checkpoint(accelerator, Path(ckpt_dir), {"micro_step": step, "losses": losses, "accs": accs})
     bar.close()
-    accelerator.wait_for_everyone()
+
+    margins = _final_margins(accelerator, model, tokenizer, rows, enc_c, enc_r, cfg, progress)
+    _save_model(accelerator, model, tokenizer, start_path, dest, cfg, model_cfg)
     if accelerator.is_main_process:
-        model_dir = dest / "model"
-        accelerator.unwrap_model(model).save_pretrained(model_dir)
-        tokenizer.save_pretrained(model_dir)
+        from iterdpo import records
+
+        records.write_table(pa.Table.from_pylist(margins, schema=PAIR_MARGINS), dest / "pair_margins.parquet")
     accelerator.wait_for_everyone()
+    m = [r["margin"] for r in margins]
     return {
         "pairs": len(rows),
         "steps": len(losses),
+        "optimizer_steps": total_updates,
+        "processes": W,
         "first_loss": losses[0] if losses else math.nan,
         "train_loss": sum(losses) / len(losses) if losses else math.nan,
         "last_loss": losses[-1] if losses else math.nan,
         "reward_accuracy": sum(accs) / len(accs) if accs else math.nan,
+        "final_mean_margin": sum(m) / len(m) if m else math.nan,
+        "final_margin_accuracy": sum(x > 0 for x in m) / len(m) if m else math.nan,
     }
+
+
+# --- checkpoints ---------------------------------------------------------------------
+
+
+def _latest_checkpoint(ckpt_dir: Path) -> Path | None:
+    ckpt_dir = Path(ckpt_dir)
+    for name in ("ckpt", "ckpt-old"):  # ckpt-old survives a kill between the two renames
+        p = ckpt_dir / name
+        if (p / "progress.json").exists():
+            return p
+    return None
+
+
+def _save_checkpoint(accelerator, ckpt_dir: Path, meta: dict) -> None:
+    """Write ``ckpt.tmp`` on every rank, then publish it as ``ckpt`` (rank 0 renames)."""
+    tmp = ckpt_dir / "ckpt.tmp"
+    if accelerator.is_main_process and tmp.exists():
+        shutil.rmtree(tmp)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(tmp / "state"))
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        (tmp / "progress.json").write_text(json.dumps(meta))
+        cur, old = ckpt_dir / "ckpt", ckpt_dir / "ckpt-old"
+        if old.exists():
+            shutil.rmtree(old)
+        if cur.exists():
+            os.replace(cur, old)
+        os.replace(tmp, cur)
+        if old.exists():
+            shutil.rmtree(old)
+    accelerator.wait_for_everyone()
+
+
+# --- outputs -------------------------------------------------------------------------
+
+
+def _final_margins(accelerator, model, tokenizer, rows, enc_c, enc_r, cfg, progress) -> list[dict]:
+    """Every pair's final log-probs and implicit margin; ranks split the pairs, rank 0 gathers."""
+    import torch
+
+    from iterdpo.logprobs import collate, length_buckets, sequence_logps
+    from iterdpo.training.losses import implicit_margin
+
+    W, R = accelerator.num_processes, accelerator.process_index
+    mine = list(range(R, len(rows), W))
+    lengths = [len(enc_c[i].input_ids) + len(enc_r[i].input_ids) for i in mine]
+    batches = [[mine[j] for j in b] for b in length_buckets(lengths, cfg.score_batch_tokens, max_batch=64)]
+    # every rank runs as many forwards as the busiest one (ZeRO-3 gathers weights collectively)
+    n_batches = int(accelerator.gather(torch.tensor([len(batches)], device=accelerator.device)).max())
+    out_rows = []
+    model.eval()
+    with torch.no_grad():
+        for b in range(n_batches):
+            idx = batches[b] if b < len(batches) else [0]
+            batch = collate([enc_c[i] for i in idx] + [enc_r[i] for i in idx], tokenizer.pad_token_id, accelerator.device)
+            out = sequence_logps(model, batch)
+            if b >= len(batches):
+                continue
+            B = len(idx)
+            pc, pr = out.logps[:B], out.logps[B:]
+            lc, lr = out.num_tokens[:B].float(), out.num_tokens[B:].float()
+            rc = torch.tensor([rows[i]["ref_chosen_logps"] for i in idx], dtype=torch.float32, device=pc.device)
+            rr = torch.tensor([rows[i]["ref_rejected_logps"] for i in idx], dtype=torch.float32, device=pc.device)
+            m = implicit_margin(pc, pr, rc, rr, lc, lr, loss=cfg.loss, beta=cfg.beta)
+            for j, i in enumerate(idx):
+                out_rows.append((i, float(m[j]), float(pc[j]), float(pr[j])))
+    model.train()
+    from accelerate.utils import gather_object
+
+    gathered = gather_object(out_rows) if W > 1 else out_rows
+    gathered = sorted(gathered)
+    return [
+        {
+            "chosen_id": rows[i]["chosen_id"],
+            "rejected_id": rows[i]["rejected_id"],
+            "margin": m,
+            "policy_chosen_logps": pc,
+            "policy_rejected_logps": pr,
+        }
+        for i, m, pc, pr in gathered
+    ]
+
+
+def _save_model(accelerator, model, tokenizer, start_path: str, dest: Path, cfg, model_cfg) -> None:
+    """``dest/model``: plain transformers weights (LoRA merged); ``dest/adapter`` with LoRA.
+
+    The full state dict is gathered first (a collective under ZeRO-3), then rank 0 loads it
+    into a fresh copy of the start model, so the same code serves DDP, ZeRO-2/3 and PEFT.
+    """
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    accelerator.wait_for_everyone()
+    state = accelerator.get_state_dict(model)
+    if accelerator.is_main_process:
+        fresh = AutoModelForCausalLM.from_pretrained(start_path, dtype=getattr(torch, model_cfg.dtype))
+        if cfg.lora_r > 0:
+            from peft import get_peft_model
+
+            fresh = get_peft_model(fresh, _lora_config(cfg))
+        missing, unexpected = fresh.load_state_dict(state, strict=False)
+        missing = [k for k in missing if not k.endswith("lm_head.weight")]  # tied to the embeddings
+        if missing or unexpected:
+            raise RuntimeError(f"saving the trained model: state dict mismatch (missing {missing[:5]}, unexpected {unexpected[:5]})")
+        if cfg.lora_r > 0:
+            fresh.save_pretrained(dest / "adapter")
+            fresh = fresh.merge_and_unload()
+        fresh.save_pretrained(dest / "model")
+        tokenizer.save_pretrained(dest / "model")
+    accelerator.wait_for_everyone()
 
 
 def _check_start(pc, pr, stored_c, stored_r, tol: float) -> None:
@@ -136,3 +387,37 @@ def _check_start(pc, pr, stored_c, stored_r, tol: float) -> None:
             "template, max_length and max_prompt_length: check for a tokenizer or chat-template "
             "change between the scoring stage and training."
         )
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m iterdpo.training.trainer PAIRS START DEST [--ckpt-dir D] [section.key=value ...]``
+
+    Trains on a preference-pair Parquet file outside the loop (same config sections);
+    run it under ``accelerate launch`` for several processes.
+    """
+    import argparse
+
+    from iterdpo import records
+    from iterdpo.config import load_config
+
+    p = argparse.ArgumentParser(prog="python -m iterdpo.training.trainer")
+    p.add_argument("pairs")
+    p.add_argument("start")
+    p.add_argument("dest")
+    p.add_argument("--ckpt-dir")
+    p.add_argument("--config")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("overrides", nargs="*")
+    a = p.parse_intermixed_args(argv)
+    cfg = load_config(a.config, a.overrides)
+    stats = train(
+        records.read_table(Path(a.pairs)), a.start, Path(a.dest), tokenizer_path=cfg.model.tokenizer,
+        model_cfg=cfg.model, cfg=cfg.train, seed=a.seed, ckpt_dir=Path(a.ckpt_dir) if a.ckpt_dir else None, progress=None,
+    )
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(json.dumps(stats), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,293 @@
+"""Scoring throughput and training cost: iterdpo against a naive loop and TRL 1.16.
+
+    python benchmarks/training.py [--device cpu|cuda] [--hidden 256] [--layers 4] [--pairs 64]
+                                  [--batch-size 8] [--steps 6] [--warmup 2] [--threads 1]
+
+Builds a Llama of the given size offline (the toy tokenizer, random weights: the cost of a
+step does not depend on what the weights know) and random preference pairs of 4-60
+words, then measures on the same model, data and batch size:
+
+(a) scoring: responses/s of ``iterdpo.logprobs.score_logps`` (length-bucketed, at most
+    2*batch_size sequences per forward; also with the default 8192-token budget and no
+    cap), of a naive loop (one forward per response), and
+    of TRL's ``precompute_ref_log_probs`` (its DPOTrainer construction time with the
+    option minus without it, batch 2*batch_size sequences);
+(b) training: seconds per optimiser step and peak memory of ``iterdpo.training.trainer``
+    (stored reference log-probs) and of TRL ``DPOTrainer`` with a live reference model,
+    each in its own subprocess. Peak memory: ``torch.cuda.max_memory_allocated`` on GPU;
+    on CPU the peak RSS during the timed steps minus the RSS after imports, before the model.
+
+Prints one JSON line with every number.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+def rss_mb() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def peak_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def build(dest: Path, hidden: int, layers: int, pairs: int, seed: int = 0) -> None:
+    """Model + tokenizer + pairs (with reference log-probs = the model's own) under ``dest``."""
+    from transformers import AutoModelForCausalLM
+
+    from iterdpo import records
+    from iterdpo.toy import task
+    from iterdpo.toy.build import build_model, build_tokenizer
+
+    corpus = [p["prompt"] for p in task.all_prompts()] + [" ".join(task.POSITIVE + task.NEGATIVE + task.NEUTRAL)] * 10
+    tok = build_tokenizer(corpus)
+    model = build_model(tok, seed=seed, hidden=hidden, layers=layers)
+    model.config.max_position_embeddings = 512
+    model.save_pretrained(dest / "model")
+    tok.save_pretrained(dest / "model")
+    AutoModelForCausalLM.from_pretrained(dest / "model")
+    rng = random.Random(seed)
+    words = task.POSITIVE + task.NEGATIVE + task.NEUTRAL + task.TOPICS
+    prompts = [p["prompt"] for p in task.all_prompts()]
+    rows = []
+    for i in range(pairs):
+        c, r = (" ".join(rng.choice(words) for _ in range(rng.randint(4, 60))) for _ in range(2))
+        rows.append({"prompt_id": f"p{i}", "prompt": rng.choice(prompts), "chosen": c, "rejected": r, "chosen_id": f"{i}c",
+                     "rejected_id": f"{i}r", "chosen_stopped": True, "rejected_stopped": True, "label_source": "bench",
+                     "iteration": 1, "ref_chosen_logps": 0.0, "ref_rejected_logps": 0.0,
+                     "policy_chosen_logps": float("nan"), "policy_rejected_logps": float("nan")})
+    records.write_table(records.from_rows(rows, records.PREFERENCES), dest / "pairs.parquet")
+
+
+def responses(pairs_path: Path) -> list[dict]:
+    from iterdpo import records
+
+    rows = records.read_table(pairs_path).to_pylist()
+    return [{"prompt": r["prompt"], "completion": r[k], "finish_reason": "stop"} for r in rows for k in ("chosen", "rejected")]
+
+
+def bench_scoring(d: Path, device: str, batch_size: int) -> dict:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from iterdpo.logprobs import collate, encode, score_logps, sequence_logps
+
+    tok = AutoTokenizer.from_pretrained(d / "model")
+    model = AutoModelForCausalLM.from_pretrained(d / "model").to(device).eval()
+    rows = responses(d / "pairs.parquet")
+    kw = dict(max_prompt_length=128, max_length=512)
+    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+    score_logps(model, tok, rows[:16], batch_tokens=1 << 20, max_batch=2 * batch_size, **kw)  # warm-up
+    sync()
+    t = time.perf_counter()
+    ours, _ = score_logps(model, tok, rows, batch_tokens=1 << 20, max_batch=2 * batch_size, **kw)
+    sync()
+    t_ours = time.perf_counter() - t
+    t = time.perf_counter()
+    score_logps(model, tok, rows, batch_tokens=8192, **kw)  # iterdpo's default budget (score.batch_tokens), no cap
+    sync()
+    t_default = time.perf_counter() - t
+    t = time.perf_counter()
+    naive = []
+    with torch.no_grad():
+        for r in rows:
+            e = encode(tok, r["prompt"], r["completion"], stopped=True, **kw)
+            naive.append(float(sequence_logps(model, collate([e], tok.pad_token_id, device)).logps[0]))
+    sync()
+    t_naive = time.perf_counter() - t
+    err = max(abs(a - b) for a, b in zip(ours, naive, strict=True))
+    t_trl = trl_precompute_seconds(d, device, batch_size)
+    n = len(rows)
+    return {"responses": n, "ours_resp_per_s": n / t_ours, "naive_resp_per_s": n / t_naive,
+            "trl_precompute_resp_per_s": n / t_trl, "ours_default_budget_resp_per_s": n / t_default,
+            "speedup_vs_naive": t_naive / t_ours,
+            "speedup_vs_trl_precompute": t_trl / t_ours, "max_abs_logp_diff_vs_naive": err}
+
+
+def _trl_dataset(d: Path, fresh: bool = False):
+    from datasets import load_dataset
+
+    from iterdpo import records
+
+    rows = records.read_table(d / "pairs.parquet").to_pylist()
+    path = d / (f"trl-{time.time_ns()}.jsonl" if fresh else "trl.jsonl")  # fresh: no cached reference log-probs
+    with open(path, "w") as f:  # file-backed: what TRL needs with several processes
+        for r in rows:
+            f.write(json.dumps({"prompt": [{"role": "user", "content": r["prompt"]}],
+                                "chosen": [{"role": "assistant", "content": r["chosen"]}],
+                                "rejected": [{"role": "assistant", "content": r["rejected"]}]}) + "\n")
+    return load_dataset("json", data_files=str(path), split="train")
+
+
+def _trl_args(d: Path, device: str, batch_size: int, steps: int, **kw):
+    from trl import DPOConfig
+
+    return DPOConfig(output_dir=str(d / "trl_out"), per_device_train_batch_size=batch_size, max_steps=steps, learning_rate=1e-4,
+                     beta=0.1, use_cpu=device == "cpu", bf16=False, gradient_checkpointing=False, max_length=512,
+                     logging_steps=1, report_to=[], save_strategy="no", disable_tqdm=True, seed=0, **kw)
+
+
+def trl_precompute_seconds(d: Path, device: str, batch_size: int) -> float:
+    """Seconds inside TRL's ``_precompute_ref_logps`` (its dataloader, collator and forwards; a cache miss)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl import DPOTrainer
+
+    spent = []
+
+    class Timed(DPOTrainer):
+        def _precompute_ref_logps(self, dataset, name, batch_size):
+            t = time.perf_counter()
+            out = super()._precompute_ref_logps(dataset, name, batch_size)
+            spent.append(time.perf_counter() - t)
+            return out
+
+    tok = AutoTokenizer.from_pretrained(d / "model")
+    args = _trl_args(d, device, batch_size, 1, precompute_ref_log_probs=True, precompute_ref_batch_size=batch_size)
+    Timed(model=AutoModelForCausalLM.from_pretrained(d / "model"), args=args, train_dataset=_trl_dataset(d, fresh=True), processing_class=tok)
+    return spent[0]
+
+
+# --- training, one subprocess per trainer --------------------------------------------
+
+
+def preimport() -> None:
+    """The same libraries in both training subprocesses before the RSS baseline is read."""
+    import accelerate  # noqa: F401
+    import peft  # noqa: F401
+    import transformers.models.llama.modeling_llama  # noqa: F401
+    import trl  # noqa: F401
+    from trl import DPOTrainer  # noqa: F401
+
+    import iterdpo.training.trainer  # noqa: F401
+
+    try:
+        import deepspeed  # noqa: F401  (accelerate/transformers import it lazily when installed)
+    except ImportError:
+        pass
+
+
+def train_ours(d: Path, device: str, batch_size: int, steps: int, warmup: int) -> dict:
+    import torch
+
+    from iterdpo import records
+    from iterdpo.config import load_config
+    from iterdpo.training.trainer import train
+
+    preimport()
+    base = rss_mb()
+    marks: list[tuple[float, float]] = []
+
+    class Clock(list):
+        def append(self, x):
+            if device.startswith("cuda"):
+                torch.cuda.synchronize()
+            marks.append((time.perf_counter(), torch.cuda.max_memory_allocated() / 2**20 if device.startswith("cuda") else peak_mb()))
+            super().append(x)
+
+    pairs = records.read_table(d / "pairs.parquet")
+    n = (warmup + steps) * batch_size
+    cfg = load_config(None, [f"train.batch_size={batch_size}", "train.epochs=1", "train.learning_rate=1e-4",
+                             "train.checkpoint_every=0", "model.max_length=512"])
+    train(pairs.slice(0, n), str(d / "model"), d / "ours_out", tokenizer_path=None, model_cfg=cfg.model, cfg=cfg.train,
+          seed=0, progress=None, history=Clock())
+    return _timing(marks, warmup, base, device)
+
+
+def train_trl(d: Path, device: str, batch_size: int, steps: int, warmup: int) -> dict:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+    from trl import DPOTrainer
+
+    preimport()
+    base = rss_mb()
+    marks: list[tuple[float, float]] = []
+
+    class Clock(TrainerCallback):
+        def on_step_end(self, args, state, control, **kw):
+            if device.startswith("cuda"):
+                torch.cuda.synchronize()
+            marks.append((time.perf_counter(), torch.cuda.max_memory_allocated() / 2**20 if device.startswith("cuda") else peak_mb()))
+
+    tok = AutoTokenizer.from_pretrained(d / "model")
+    ds = _trl_dataset(d)
+    args = _trl_args(d, device, batch_size, warmup + steps)
+    trainer = DPOTrainer(model=AutoModelForCausalLM.from_pretrained(d / "model"), args=args, train_dataset=ds,
+                         processing_class=tok, callbacks=[Clock()])
+    trainer.train()
+    return _timing(marks, warmup, base, device)
+
+
+def _timing(marks, warmup, base, device) -> dict:
+    times = [b[0] - a[0] for a, b in zip(marks[warmup - 1 : -1], marks[warmup:], strict=True)] if warmup else []
+    peak = marks[-1][1]
+    return {"s_per_step": statistics.median(times), "steps_timed": len(times),
+            "peak_mem_mb": peak if device.startswith("cuda") else peak - base}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--hidden", type=int, default=256)
+    p.add_argument("--layers", type=int, default=4)
+    p.add_argument("--pairs", type=int, default=128, help="pairs built (2x responses for scoring)")
+    p.add_argument("--batch-size", type=int, default=8, help="pairs per training step; scoring: 2x sequences per forward")
+    p.add_argument("--steps", type=int, default=6, help="timed training steps")
+    p.add_argument("--warmup", type=int, default=2, help="untimed training steps first")
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads (1 on a shared machine)")
+    p.add_argument("--workdir")
+    p.add_argument("--part", choices=["ours", "trl"], help=argparse.SUPPRESS)
+    a = p.parse_args()
+    import torch
+
+    torch.set_num_threads(a.threads)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    if a.part:  # a training subprocess
+        d = Path(a.workdir)
+        fn = train_ours if a.part == "ours" else train_trl
+        print("RESULT " + json.dumps(fn(d, a.device, a.batch_size, a.steps, a.warmup)), flush=True)
+        return
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    d = Path(a.workdir or tempfile.mkdtemp(prefix="iterdpo-bench-"))
+    if not (d / "pairs.parquet").exists():
+        build(d, a.hidden, a.layers, max(a.pairs, (a.steps + a.warmup) * a.batch_size))
+    res = {"device": a.device, "hidden": a.hidden, "layers": a.layers, "batch_size": a.batch_size, "threads": a.threads}
+    from transformers import AutoModelForCausalLM
+
+    res["params"] = sum(x.numel() for x in AutoModelForCausalLM.from_pretrained(d / "model").parameters())
+    res["scoring"] = bench_scoring(d, a.device, a.batch_size)
+    res["training"] = {}
+    for part in ("ours", "trl"):
+        cmd = [sys.executable, __file__, "--part", part, "--workdir", str(d), "--device", a.device, "--batch-size",
+               str(a.batch_size), "--steps", str(a.steps), "--warmup", str(a.warmup), "--threads", str(a.threads)]
+        out = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": str(a.threads)})
+        line = [x for x in out.stdout.splitlines() if x.startswith("RESULT ")]
+        if not line:
+            raise RuntimeError(f"{part} training failed:\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}")
+        res["training"][part] = json.loads(line[0][7:])
+    o, t = res["training"]["ours"], res["training"]["trl"]
+    res["training"]["time_ratio_ours_over_trl"] = o["s_per_step"] / t["s_per_step"]
+    res["training"]["mem_ratio_ours_over_trl"] = o["peak_mem_mb"] / t["peak_mem_mb"]
+    print(json.dumps(res), flush=True)
+
+
+if __name__ == "__main__":
+    main()
