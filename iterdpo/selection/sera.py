@@ -24,7 +24,7 @@ and ``r_{t-2}`` the same under the model before it, read from the ``prev_reward`
 aligned model exists (iteration 2), and whenever ``lambda`` is 0 the ``prev_reward``
 column is not needed. The paper finds lambda in 0.1-0.5 best. For SimPO the implicit
 reward is ``r_simpo = beta logp / |y|``: pass ``loss="simpo"`` (columns ``reward_simpo``
-and ``prev_reward_simpo``).
+and ``prev_reward``, which scoring fills with pi_{t-2}'s r_simpo in reference-free runs).
 
 Inputs (columns):
 
@@ -63,8 +63,11 @@ SERA_PAIRS = pa.schema(
 
 
 def reward_columns(loss: str = "dpo") -> tuple[str, str]:
-    """(current, previous) reward columns of a loss: SimPO has no reference model."""
-    return ("reward_simpo", "prev_reward_simpo") if loss == "simpo" else ("reward", "prev_reward")
+    """(current, previous) reward columns of a loss: SimPO has no reference model.
+
+    Scoring writes ``prev_reward`` as r_simpo of pi_{t-2} when the run has no reference
+    (SimPO), so only the current column differs between the losses."""
+    return ("reward_simpo", "prev_reward") if loss == "simpo" else ("reward", "prev_reward")
 
 
 def ensemble(current: np.ndarray, previous: np.ndarray | None, lam: float) -> np.ndarray:

@@ -18,7 +18,9 @@ def offline_sets(draw):
     """(pairs, scored): offline labelled pairs (chosen_id, rejected_id) and their scored responses."""
     scored = draw(scored_tables(max_prompts=8, min_n=2, max_n=4))
     prev = [draw(st.sampled_from([-1.0, 0.0, 0.5, 3.0])) for _ in range(scored.num_rows)]
-    scored = scored.append_column("prev_reward", pa.array(prev, pa.float64()))
+    prev = pa.array(prev, pa.float64())
+    i = scored.schema.get_field_index("prev_reward")
+    scored = scored.set_column(i, "prev_reward", prev) if i >= 0 else scored.append_column("prev_reward", prev)
     rows = scored.to_pylist()
     pairs = []
     for pid in dict.fromkeys(r["prompt_id"] for r in rows):
