@@ -28,6 +28,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout, installed or not
 
+from iterdpo import distributed as dist  # noqa: E402
 from iterdpo import loop  # noqa: E402
 from iterdpo.config import dump_config, load_config  # noqa: E402
 from iterdpo.tracking import make_tracker  # noqa: E402
@@ -42,28 +43,35 @@ def main(argv: list[str] | None = None) -> dict:
     cfg = load_config(args.config, args.overrides)
 
     run = loop.Run(cfg)
-    run.rd.root.mkdir(parents=True, exist_ok=True)
-    (run.rd.root / "config.yaml").write_text(dump_config(cfg))
-    tracker = make_tracker(run)  # W&B when run.report_to is 'wandb', else nothing
+    main_rank = dist.is_main()  # under `accelerate launch` rank 0 owns the run's files
+    if main_rank:
+        run.rd.root.mkdir(parents=True, exist_ok=True)
+        (run.rd.root / "config.yaml").write_text(dump_config(cfg))
+    tracker = make_tracker(run) if main_rank else None  # W&B when run.report_to is 'wandb'
     s = cfg.select
-    print(
-        f"[recipe] iterative DPO: {cfg.run.iterations} iterations, N={cfg.sample.n}, "
-        f"select instance={s.instance} corpus={s.corpus} fraction={s.corpus_fraction}, "
-        f"reference={cfg.run.reference}, loss={cfg.train.loss} beta={cfg.train.beta}",
-        flush=True,
-    )
+    if main_rank:
+        print(
+            f"[recipe] iterative DPO: {cfg.run.iterations} iterations, N={cfg.sample.n}, "
+            f"select instance={s.instance} corpus={s.corpus} fraction={s.corpus_fraction}, "
+            f"reference={cfg.run.reference}, loss={cfg.train.loss} beta={cfg.train.beta}",
+            flush=True,
+        )
 
     # --- the iterations ----------------------------------------------------------------
+    # run_stage runs score and train on every process of a launch, the rest on rank 0.
     start = time.time()
     for k in range(1, cfg.run.iterations + 1):
-        loop.sample(run, k)  # pi_{k-1} answers this iteration's prompts N times
-        loop.score(run, k)  # implicit rewards of every completion
-        loop.select(run, k)  # margin selection, before any label is bought
-        loop.annotate(run, k)  # labels for the selected pairs only
-        loop.train(run, k)  # pi_k
-        loop.evaluate(run, k)  # pi_k vs pi_0 on held-out prompts
-        loop.write_summary(run)
-        tracker.log_iteration(run, k)
+        loop.run_stage(run, "sample", k)  # pi_{k-1} answers this iteration's prompts N times
+        loop.run_stage(run, "score", k)  # implicit rewards of every completion
+        loop.run_stage(run, "select", k)  # margin selection, before any label is bought
+        loop.run_stage(run, "annotate", k)  # labels for the selected pairs only
+        loop.run_stage(run, "train", k)  # pi_k
+        loop.run_stage(run, "evaluate", k)  # pi_k vs pi_0 on held-out prompts
+        if main_rank:
+            loop.write_summary(run)
+            tracker.log_iteration(run, k)
+    if not main_rank:
+        return loop.summarize(run)
 
     # --- summary -----------------------------------------------------------------------
     summary = loop.write_summary(run)
