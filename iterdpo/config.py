@@ -120,10 +120,11 @@ class ScoreConfig(_Section):
 
 
 class SelectConfig(_Section):
-    selector: Literal["margin", "certainty"] = Field(
+    selector: Literal["margin", "certainty", "sera"] = Field(
         "margin",
         description="'margin' = instance + corpus margin selection (Yang et al.); 'certainty' = APL's "
-        "largest |r1 - r2| of each prompt's first two responses (Muldrew et al.), keeping corpus_fraction of the prompts.",
+        "largest |r1 - r2| of each prompt's first two responses (Muldrew et al.), keeping corpus_fraction of the prompts; "
+        "'sera' = SeRA's off-policy selection + preference bootstrapping over offline pairs (Ko et al.; see the sera section).",
     )
     instance: Literal["smallest", "largest", "random"] = Field(
         "smallest", description="Pair kept per prompt among its N(N-1)/2 pairs, by absolute margin."
@@ -241,6 +242,22 @@ class WandbConfig(_Section):
     )
 
 
+class SeraConfig(_Section):
+    offline: str = Field(
+        "toy", description="Offline preference pairs: a .jsonl/.json/.parquet file with prompt, chosen, rejected "
+        "(texts or chat messages), or 'toy' (warm-up-style answers to the toy prompts, labelled by the gold reward)."
+    )
+    offline_size: int = Field(512, ge=1, description="Pairs of the 'toy' offline set (one per toy training prompt, at most 832).")
+    offline_noise: float = Field(0.0, ge=0.0, lt=1.0, description="Share of 'toy' offline labels swapped at random (the paper tests 0.2 and 0.4).")
+    k1_fraction: float = Field(0.7, gt=0.0, le=1.0, description="Offline pairs kept from iteration 2 on: the top ceil(k1_fraction*|D|) by ensemble implicit reward margin.")
+    k2_fraction: float = Field(0.3, ge=0.0, le=1.0, description="Bootstrapped pairs kept: the top ceil(k2_fraction*|D|) prompts by the margin of their (argmax, argmin) pair.")
+    ensemble_lambda: float = Field(
+        0.3, ge=0.0, lt=1.0, description="lambda of R_t = (1-lambda) IRM(pi_{t-1}) + lambda IRM(pi_{t-2}) (paper: 0.1-0.5 best; "
+        "0 at iteration 2, when only one aligned model exists). Our default: 0.3."
+    )
+    bootstrap_prompts: int | None = Field(None, ge=1, description="Offline prompts sampled for bootstrapping each iteration (None = all).")
+
+
 class Config(_Section):
     run: RunConfig = Field(default_factory=RunConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
@@ -252,11 +269,17 @@ class Config(_Section):
     train: TrainConfig = Field(default_factory=TrainConfig)
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
     wandb: WandbConfig = Field(default_factory=WandbConfig)
+    sera: SeraConfig = Field(default_factory=SeraConfig)
 
     @model_validator(mode="after")
     def _consistent(self) -> Config:
         if (self.train.loss == "simpo") != (self.run.reference == "none"):
             raise ValueError("train.loss 'simpo' goes with run.reference 'none' (and only it)")
+        if self.select.selector == "sera" and (self.run.reference == "fixed" or self.run.init == "reset"):
+            raise ValueError("select.selector 'sera' trains pi_t from pi_{t-1} against pi_{t-1}: use run.reference "
+                             "'previous' (or 'none' with simpo) and run.init 'continue'")
+        if self.select.selector == "sera" and self.sera.ensemble_lambda > 0 and not self.score.prev_policy:
+            raise ValueError("sera.ensemble_lambda > 0 needs pi_{t-2}'s rewards: set score.prev_policy: true (or lambda 0)")
         if self.run.init == "reset" and self.run.reference == "previous":
             raise ValueError("run.init 'reset' retrains the initial model, so run.reference must be 'fixed' or 'none'")
         counts = self.data.prompts_per_iteration

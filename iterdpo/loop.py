@@ -389,6 +389,15 @@ STAGE_FNS = {"sample": sample, "score": score, "select": select, "annotate": ann
 ALL_RANK_STAGES = ("score", "train")  # sharded over the processes of a launch; the others run on rank 0
 
 
+def stage_fns(cfg: Config) -> dict:
+    """The stage functions of a config: SeRA replaces sample, select and annotate."""
+    if cfg.select.selector == "sera":
+        from iterdpo import sera_stages
+
+        return sera_stages.STAGE_FNS
+    return STAGE_FNS
+
+
 def run_stage(run: Run, stage: str, k: int) -> dict | None:
     """Run one stage of iteration k, multi-process aware.
 
@@ -399,12 +408,13 @@ def run_stage(run: Run, stage: str, k: int) -> dict | None:
     """
     from iterdpo import distributed as dist
 
+    fn = stage_fns(run.cfg)[stage]
     if dist.world_size() == 1 or stage in ALL_RANK_STAGES:
         dist.init()
-        return STAGE_FNS[stage](run, k)
+        return fn(run, k)
     dist.init()
     if dist.is_main():
-        return STAGE_FNS[stage](run, k)
+        return fn(run, k)
     path = run.rd.stage(k, stage)
     while run.rd.manifest(path) is None:
         time.sleep(0.5)

@@ -124,13 +124,6 @@ def from_rows(rows: list[dict], schema: pa.Schema) -> pa.Table:
     return pa.Table.from_pylist(rows, schema=schema)
 
 
-def check_columns(table: pa.Table, schema: pa.Schema, where: str) -> None:
-    """Raise if ``table`` lacks a column of ``schema``; extra columns are allowed."""
-    missing = [f.name for f in schema if f.name not in table.column_names]
-    if missing:
-        raise RecordError(f"{where}: missing column(s) {missing}; has {table.column_names}")
-
-
 # --- prompt files --------------------------------------------------------------------
 
 
@@ -154,8 +147,8 @@ def _prompt_text(value: object, where: str) -> str:
     return value
 
 
-def _iter_prompt_rows(path: Path) -> Iterator[tuple[str, dict]]:
-    """Yield (location, row) from a .jsonl, .json or .parquet prompt file."""
+def _iter_rows(path: Path) -> Iterator[tuple[str, dict]]:
+    """Yield (location, row) from a .jsonl, .json or .parquet file of objects."""
     suffix = path.suffix.lower()
     if suffix == ".parquet":
         for i, row in enumerate(pq.read_table(path).to_pylist()):
@@ -200,7 +193,7 @@ def load_prompts(path: str | Path, source: str | None = None) -> pa.Table:
     if not path.exists():
         raise RecordError(f"{path}: prompt file not found")
     rows, seen = [], set()
-    for where, row in _iter_prompt_rows(path):
+    for where, row in _iter_rows(path):
         if not isinstance(row, dict):
             raise RecordError(f"{where}: expected an object, got {type(row).__name__}")
         if "prompt" not in row:
@@ -219,6 +212,62 @@ def load_prompts(path: str | Path, source: str | None = None) -> pa.Table:
     if not rows:
         raise RecordError(f"{path}: no prompts")
     return from_rows(rows, PROMPTS)
+
+
+OFFLINE_PAIRS = pa.schema(
+    [
+        ("prompt_id", pa.string()),
+        ("prompt", pa.string()),
+        ("chosen", pa.string()),
+        ("rejected", pa.string()),
+        ("chosen_id", pa.string()),  # f"offline-{row:07d}-chosen": the row of the file it came from
+        ("rejected_id", pa.string()),
+    ]
+)
+
+
+def _response_text(value: object, where: str, field: str) -> str:
+    """A response is a string or a chat whose last assistant message is the response."""
+    if isinstance(value, list):
+        said = [m for m in value if isinstance(m, dict) and m.get("role") == "assistant"]
+        if not said or not isinstance(said[-1].get("content"), str):
+            raise RecordError(f"{where}, field '{field}': a chat must end with an assistant message")
+        value = said[-1]["content"]
+    if not isinstance(value, str):
+        raise RecordError(f"{where}, field '{field}': expected a string or chat messages, got {type(value).__name__}")
+    return value
+
+
+def load_preferences(path: str | Path) -> pa.Table:
+    """Load and validate an offline preference file into the OFFLINE_PAIRS schema.
+
+    Rows need ``prompt``, ``chosen`` and ``rejected``: texts, or chat messages as in
+    UltraFeedback-binarized (the prompt is the last user message, a response the last
+    assistant message). A pair whose two responses are identical carries no preference
+    and is an error, as is an empty response file.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise RecordError(f"{path}: preference file not found")
+    rows = []
+    for i, (where, row) in enumerate(_iter_rows(path)):
+        if not isinstance(row, dict):
+            raise RecordError(f"{where}: expected an object, got {type(row).__name__}")
+        for field in ("prompt", "chosen", "rejected"):
+            if field not in row:
+                raise RecordError(f"{where}, field '{field}': missing (fields present: {sorted(row)})")
+        text = _prompt_text(row["prompt"], where)
+        chosen = _response_text(row["chosen"], where, "chosen")
+        rejected = _response_text(row["rejected"], where, "rejected")
+        if chosen == rejected:
+            raise RecordError(f"{where}, fields 'chosen'/'rejected': identical responses carry no preference")
+        rows.append(
+            {"prompt_id": prompt_id(text), "prompt": text, "chosen": chosen, "rejected": rejected,
+             "chosen_id": f"offline-{i:07d}-chosen", "rejected_id": f"offline-{i:07d}-rejected"}
+        )
+    if not rows:
+        raise RecordError(f"{path}: no preference pairs")
+    return from_rows(rows, OFFLINE_PAIRS)
 
 
 def rows_by(table: pa.Table, key: str) -> dict[str, dict]:

@@ -67,9 +67,3 @@ def test_write_table_is_atomic_and_read_folder(tmp_path):
     assert records.read_table(tmp_path / "d").num_rows == 2
     with pytest.raises(RecordError, match="no .parquet"):
         records.read_table(tmp_path)
-
-
-def test_check_columns():
-    t = pa.table({"prompt": ["a"]})
-    with pytest.raises(RecordError, match=r"x.parquet: missing column\(s\) \['prompt_id', 'source'\]"):
-        records.check_columns(t, records.PROMPTS, "x.parquet")

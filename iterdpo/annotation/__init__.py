@@ -87,6 +87,39 @@ def get_annotator(name: str, cfg=None, *, run_dir=None, iteration: int | None = 
     raise ValueError(f"unknown annotator {name!r}; available: {ANNOTATORS}")
 
 
+def preference_rows(oriented: list[tuple[dict, dict, str]], *, reference: str, init: str, iteration: int) -> list[dict]:
+    """PREFERENCES rows from (chosen, rejected, label_source) triples of SCORED rows.
+
+    The reference log-probs are those of the *training* reference: the scored
+    ``ref_logp`` with a fixed reference, the scored ``policy_logp`` when the reference is
+    the previous iterate (the policy that was scored), NaN without one. The start
+    log-probs are those of the model training starts from: the scored policy when
+    continuing, or the initial model when resetting, which is the scored reference only
+    if that is fixed.
+    """
+    ref_col = {"fixed": "ref_logp", "previous": "policy_logp"}.get(reference)
+    start_col = "policy_logp" if init == "continue" else ("ref_logp" if reference == "fixed" else None)
+    return [
+        {
+            "prompt_id": w["prompt_id"],
+            "prompt": w["prompt"],
+            "chosen": w["completion"],
+            "rejected": lose["completion"],
+            "chosen_id": w["completion_id"],
+            "rejected_id": lose["completion_id"],
+            "ref_chosen_logps": w[ref_col] if ref_col else math.nan,
+            "ref_rejected_logps": lose[ref_col] if ref_col else math.nan,
+            "policy_chosen_logps": w[start_col] if start_col else math.nan,
+            "policy_rejected_logps": lose[start_col] if start_col else math.nan,
+            "chosen_stopped": w["finish_reason"] == "stop",
+            "rejected_stopped": lose["finish_reason"] == "stop",
+            "label_source": source,
+            "iteration": iteration,
+        }
+        for w, lose, source in oriented
+    ]
+
+
 def annotate(
     candidates: pa.Table,
     scored: pa.Table,
@@ -133,30 +166,7 @@ def annotate(
     swapped = swap_indices(len(oriented), noise, seed)
     for i in swapped:
         oriented[i] = oriented[i][::-1]
-    out = []
-    for w, lose in oriented:
-        ref_col = {"fixed": "ref_logp", "previous": "policy_logp"}.get(reference)
-        # training starts from the scored policy when continuing, or from the initial
-        # model when resetting, which is the scored reference only if that is fixed.
-        start_col = "policy_logp" if init == "continue" else ("ref_logp" if reference == "fixed" else None)
-        out.append(
-            {
-                "prompt_id": w["prompt_id"],
-                "prompt": w["prompt"],
-                "chosen": w["completion"],
-                "rejected": lose["completion"],
-                "chosen_id": w["completion_id"],
-                "rejected_id": lose["completion_id"],
-                "ref_chosen_logps": w[ref_col] if ref_col else math.nan,
-                "ref_rejected_logps": lose[ref_col] if ref_col else math.nan,
-                "policy_chosen_logps": w[start_col] if start_col else math.nan,
-                "policy_rejected_logps": lose[start_col] if start_col else math.nan,
-                "chosen_stopped": w["finish_reason"] == "stop",
-                "rejected_stopped": lose["finish_reason"] == "stop",
-                "label_source": annotator.name,
-                "iteration": iteration,
-            }
-        )
+    out = preference_rows([(w, lose, annotator.name) for w, lose in oriented], reference=reference, init=init, iteration=iteration)
     stats = {"candidates": len(cands), "pairs": len(out), "ties": tied, "unlabelled": dropped}
     if noise > 0:
         # which pairs carry a wrong label: lets an analysis ask whether selection filters them out

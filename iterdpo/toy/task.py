@@ -77,3 +77,21 @@ def sft_response(rng: random.Random, topics: list[str]) -> str:
         if rng.random() < 0.5:
             words[rng.randrange(len(words))] = t
     return " ".join(words)
+
+
+def offline_pairs(prompts: list[str], seed: int, noise: float = 0.0) -> list[dict]:
+    """An offline preference set: per prompt two warm-up-style answers, the gold-better one
+    chosen; then a seeded ``noise`` share of the pairs swapped (SeRA's robustness setting).
+
+    Pairs with equal gold reward are skipped. Returns rows ``{prompt, chosen, rejected}``.
+    """
+    rng = random.Random(seed)
+    rows = []
+    for p in prompts:
+        a, b = sft_response(rng, topics_of(p)), sft_response(rng, topics_of(p))
+        ga, gb = gold_reward(p, a), gold_reward(p, b)
+        if ga != gb:
+            rows.append({"prompt": p, "chosen": a if ga > gb else b, "rejected": b if ga > gb else a})
+    for i in rng.sample(range(len(rows)), round(noise * len(rows))):
+        rows[i]["chosen"], rows[i]["rejected"] = rows[i]["rejected"], rows[i]["chosen"]
+    return rows
