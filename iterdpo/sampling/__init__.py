@@ -104,23 +104,34 @@ def completion_row(prompt_row: dict, k: int, text: str, token_ids: list[int], fi
     }
 
 
-def retokenize_mismatch(tokenizer, text: str, token_ids: list[int]) -> bool:
-    """True when re-tokenising ``text`` (scoring's routine) does not give ``token_ids`` back.
+def retokenize_mismatch(tokenizer, prompt_ids: list[int], text: str, token_ids: list[int], model_cfg) -> bool:
+    """True when scoring's routine (:func:`iterdpo.logprobs.encode`) does not turn the
+    completion back into the sampled ``token_ids``.
 
-    Scoring appends EOS when the sampler stopped on it, so a trailing EOS is compared as
-    such. A mismatch means the sampler produced a non-canonical tokenisation (BPE allows
-    several id sequences per string) or a special token the text drops: scoring then
-    computes log pi of a different (canonical) token sequence for the same text.
+    ``encode`` appends EOS when the sampler stopped on it. A mismatch means the sampler
+    produced a non-canonical tokenisation (BPE allows several id sequences per string,
+    e.g. "ab" as "a"+"b"), a special token the text drops, or a response longer than
+    ``model.max_length`` leaves room for: scoring then computes log pi of a different
+    token sequence than the one sampled. Not meaningful for responses cut at a stop
+    string (no EOS was sampled; scoring appends one): callers skip those.
     """
-    ids = list(token_ids)
-    eos = tokenizer.eos_token_id
-    if ids and ids[-1] == eos:
-        ids = ids[:-1]
-    return tokenizer(text, add_special_tokens=False)["input_ids"] != ids
+    from iterdpo.logprobs import encode
+
+    stopped = bool(token_ids) and token_ids[-1] == tokenizer.eos_token_id
+    e = encode(
+        tokenizer, "", text, stopped=stopped, max_prompt_length=model_cfg.max_prompt_length,
+        max_length=model_cfg.max_length, prompt_ids=prompt_ids,
+    )
+    return e.input_ids[e.prompt_len :] != list(token_ids)
 
 
-def write_shard(shard_dir: Path, s: int, rows: list[dict], stats: dict) -> None:
-    """Stats first, then the shard (atomic): a shard on disk always has its stats."""
+def write_shard(shard_dir: Path, s: int, rows: list[dict], stats: dict, token_ids: list[list[int]] | None = None) -> None:
+    """Sidecars first, then the shard (atomic): a shard on disk always has its sidecars.
+
+    Sidecars: ``shard-XXXXX.stats.json`` (counts summed by :func:`collect`) and, when
+    given, ``shard-XXXXX.ids.parquet`` (completion_id, token_ids: the sampled ids, EOS
+    included), kept for checks; they live in the stage's partial folder only.
+    """
     from iterdpo import records
 
     side = Path(shard_dir) / f"shard-{s:05d}.stats.json"
@@ -128,6 +139,9 @@ def write_shard(shard_dir: Path, s: int, rows: list[dict], stats: dict) -> None:
     tmp = side.with_name(f".{side.name}.tmp")
     tmp.write_text(json.dumps(stats))
     tmp.replace(side)
+    if token_ids is not None:
+        ids = pa.table({"completion_id": [r["completion_id"] for r in rows], "token_ids": pa.array(token_ids, pa.list_(pa.int32()))})
+        records.write_table(ids, Path(shard_dir) / f"ids-{s:05d}.parquet")
     records.write_table(records.from_rows(rows, records.COMPLETIONS), shard_path(shard_dir, s))
 
 
@@ -139,7 +153,7 @@ def collect(shard_dir: Path) -> pa.Table:
     shard_dir = Path(shard_dir)
     if not any(shard_dir.glob("shard-*.parquet")):
         return records.from_rows([], records.COMPLETIONS)
-    table = records.read_table(shard_dir)
+    table = pa.concat_tables([records.read_table(f) for f in sorted(shard_dir.glob("shard-*.parquet"))])
     totals: dict[str, int] = {}
     for f in sorted(shard_dir.glob("shard-*.stats.json")):
         for k, v in json.loads(f.read_text()).items():

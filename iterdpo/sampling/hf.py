@@ -77,7 +77,7 @@ def sample_hf(
                 **extra,
             )
         gen = out[:, width:].tolist()  # [B * n, <= max_tokens]; row b*n + k is sample k of prompt b
-        out_rows, mismatch = [], 0
+        out_rows, all_ids, mismatch = [], [], 0
         for j, toks in enumerate(gen):
             stop = eos in toks
             toks = toks[: toks.index(eos) + 1] if stop else toks
@@ -86,7 +86,8 @@ def sample_hf(
             if cut is not None:  # like vLLM: the stop string ends the response and is not kept
                 toks, text, stop = cut[0], cut[1], True
             else:
-                mismatch += retokenize_mismatch(tokenizer, text, toks)
+                mismatch += retokenize_mismatch(tokenizer, ids[j // params.n], text, toks, model_cfg)
             out_rows.append(completion_row(batch[j // params.n], j % params.n, text, toks, "stop" if stop else "length"))
-        write_shard(shard_dir, s, out_rows, {"retokenize_mismatch": mismatch})
+            all_ids.append(toks)
+        write_shard(shard_dir, s, out_rows, {"retokenize_mismatch": mismatch}, all_ids)
     return collect(shard_dir)

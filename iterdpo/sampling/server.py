@@ -206,7 +206,6 @@ class ServerPool:
                 raise ServerError(f"pool shut down; not launching {s.url}")
             # own session/process group: the server's engine processes are stopped with it
             s.proc = subprocess.Popen(self._command(s), stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-        s.state = "down"
         print(f"[iterdpo] server {s.url} starting: pid/pgid {s.proc.pid}, log {s.log_path}", file=sys.stderr)
 
     def _wait_healthy(self, s: Server) -> None:
@@ -449,13 +448,14 @@ def sample_server(
     pool = get_pool(sample_cfg, model_cfg, seed=params.seed)
     try:
         pool.ensure_model(model_path)
-        shard_of, left, answers = {}, {}, {}
+        shard_of, left, answers, prompt_ids = {}, {}, {}, {}
         bodies = {}
         for s, start, end in todo:
             left[s] = end - start
             for i in range(start, end):
                 shard_of[i] = s
                 ids = render_prompt(tokenizer, rows[i]["prompt"], model_cfg.max_prompt_length)
+                prompt_ids[i] = ids
                 bodies[i] = request_body(ids, params, request_seed(params.seed, i) if sample_cfg.request_seed else None)
         starts = {s: (start, end) for s, start, end in todo}
         bar = tqdm(total=len(bodies), desc=progress, disable=progress is None)
@@ -468,17 +468,19 @@ def sample_server(
             if left[s]:
                 return
             start, end = starts[s]
-            out_rows, mismatch = [], 0
+            out_rows, all_ids, mismatch = [], [], 0
             for j in range(start, end):
                 choices = sorted(answers.pop(j), key=lambda c: c["index"])
+                pids = prompt_ids.pop(j)
                 if len(choices) != params.n:
                     raise ServerError(f"prompt {rows[j]['prompt_id']}: server returned {len(choices)} samples, asked for {params.n}")
                 for k, c in enumerate(choices):
                     toks = c["token_ids"]
                     out_rows.append(completion_row(rows[j], k, c["text"], toks, c["finish_reason"]))
+                    all_ids.append(toks)
                     if not isinstance(c.get("stop_reason"), str):  # not cut at a stop string
-                        mismatch += retokenize_mismatch(tokenizer, c["text"], toks)
-            write_shard(shard_dir, s, out_rows, {"retokenize_mismatch": mismatch})
+                        mismatch += retokenize_mismatch(tokenizer, pids, c["text"], toks, model_cfg)
+            write_shard(shard_dir, s, out_rows, {"retokenize_mismatch": mismatch}, all_ids)
 
         pool.map(bodies, on_done)
         bar.close()

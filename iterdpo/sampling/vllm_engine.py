@@ -144,14 +144,15 @@ def _run_engine(
                 for i in range(len(batch))
             ]
             outs = llm.generate(prompts, sps, use_tqdm=False, lora_request=lora)
-            out_rows, mismatch = [], 0
-            for r, out in zip(batch, outs, strict=True):
+            out_rows, all_ids, mismatch = [], [], 0
+            for r, p, out in zip(batch, prompts, outs, strict=True):
                 for k, c in enumerate(sorted(out.outputs, key=lambda c: c.index)):
                     toks = list(c.token_ids)
                     out_rows.append(completion_row(r, k, c.text, toks, c.finish_reason))
-                    if c.stop_reason is None or isinstance(c.stop_reason, int):  # not cut at a stop string
-                        mismatch += retokenize_mismatch(tokenizer, c.text, toks)
-            write_shard(shard_dir, s, out_rows, {"retokenize_mismatch": mismatch})
+                    all_ids.append(toks)
+                    if not isinstance(c.stop_reason, str):  # not cut at a stop string
+                        mismatch += retokenize_mismatch(tokenizer, p["prompt_token_ids"], c.text, toks, model_cfg)
+            write_shard(shard_dir, s, out_rows, {"retokenize_mismatch": mismatch}, all_ids)
     finally:
         shutdown_engine(llm)
 
