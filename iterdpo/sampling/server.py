@@ -90,6 +90,21 @@ class Server:
         return self.log_path.read_text(errors="replace")[-n:]
 
 
+def _group_gone(pgid: int, timeout: float) -> bool:
+    """Poll until no process of group ``pgid`` is left (True) or ``timeout`` passes."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            return True
+        except PermissionError:
+            pass
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.1)
+
+
 _POOLS: weakref.WeakSet = weakref.WeakSet()
 _POOL: ServerPool | None = None  # the pool sample_server reuses across iterations
 _POOL_KEY: tuple | None = None
@@ -242,9 +257,12 @@ class ServerPool:
                 break
             except subprocess.TimeoutExpired:
                 continue
-        # a SIGKILLed API server leaves its engine processes behind in its group
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(proc.pid, signal.SIGKILL)
+        # the API server is gone; its engine processes (same group) may still be exiting,
+        # or be left behind by a SIGKILLed server: wait for the group, then SIGKILL it
+        if not _group_gone(proc.pid, 15):
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            _group_gone(proc.pid, 15)
 
     def shutdown(self) -> None:
         """Stop every launched server (idempotent)."""

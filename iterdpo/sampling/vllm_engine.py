@@ -106,6 +106,53 @@ def vllm_params(params: SamplingParams, seed: int | None):
     )
 
 
+def open_engine(model_path: str, model_cfg, sample_cfg, seed: int, gpus: list[int] | None = None):
+    """(llm, tokenizer, lora_request) for ``model_path`` (a LoRA adapter runs on its base)."""
+    if gpus:
+        os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, gpus))
+    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+    from transformers import AutoTokenizer
+    from vllm import LLM
+
+    kw = engine_kwargs(model_path, model_cfg, sample_cfg, seed)
+    tokenizer = AutoTokenizer.from_pretrained(kw["tokenizer"])
+    llm = LLM(**kw)
+    lora = None
+    if kw.get("enable_lora"):
+        from vllm.lora.request import LoRARequest
+
+        lora = LoRARequest("policy", 1, str(model_path))
+    return llm, tokenizer, lora
+
+
+def generate_shards(
+    llm, tokenizer, lora, rows: list[dict], todo: list[tuple[int, int, int]], params: SamplingParams,
+    shard_dir: Path, model_cfg, sample_cfg, progress: str | None = None,
+) -> None:
+    """Generate and write every shard of ``todo`` with an open engine."""
+    from tqdm.auto import tqdm
+
+    from iterdpo.logprobs import render_prompt
+
+    for s, start, end in tqdm(todo, desc=progress, disable=progress is None):
+        batch = rows[start:end]
+        prompts = [{"prompt_token_ids": render_prompt(tokenizer, r["prompt"], model_cfg.max_prompt_length)} for r in batch]
+        sps = [
+            vllm_params(params, request_seed(params.seed, start + i) if sample_cfg.request_seed else None)
+            for i in range(len(batch))
+        ]
+        outs = llm.generate(prompts, sps, use_tqdm=False, lora_request=lora)
+        out_rows, all_ids, mismatch = [], [], 0
+        for r, p, out in zip(batch, prompts, outs, strict=True):
+            for k, c in enumerate(sorted(out.outputs, key=lambda c: c.index)):
+                toks = list(c.token_ids)
+                out_rows.append(completion_row(r, k, c.text, toks, c.finish_reason))
+                all_ids.append(toks)
+                if not isinstance(c.stop_reason, str):  # not cut at a stop string
+                    mismatch += retokenize_mismatch(tokenizer, p["prompt_token_ids"], c.text, toks, model_cfg)
+        write_shard(shard_dir, s, out_rows, {"retokenize_mismatch": mismatch}, all_ids)
+
+
 def _run_engine(
     model_path: str,
     rows: list[dict],
@@ -117,42 +164,10 @@ def _run_engine(
     gpus: list[int],
     progress: str | None,
 ) -> None:
-    """One engine: generate every shard of ``todo`` and write it."""
-    if gpus:
-        os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, gpus))
-    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
-    from tqdm.auto import tqdm
-    from transformers import AutoTokenizer
-    from vllm import LLM
-
-    from iterdpo.logprobs import render_prompt
-
-    kw = engine_kwargs(model_path, model_cfg, sample_cfg, params.seed)
-    tokenizer = AutoTokenizer.from_pretrained(kw["tokenizer"])
-    llm = LLM(**kw)
-    lora = None
-    if kw.get("enable_lora"):
-        from vllm.lora.request import LoRARequest
-
-        lora = LoRARequest("policy", 1, str(model_path))
+    """One engine (in this process or a spawned one): every shard of ``todo``."""
+    llm, tokenizer, lora = open_engine(model_path, model_cfg, sample_cfg, params.seed, gpus)
     try:
-        for s, start, end in tqdm(todo, desc=progress, disable=progress is None):
-            batch = rows[start:end]
-            prompts = [{"prompt_token_ids": render_prompt(tokenizer, r["prompt"], model_cfg.max_prompt_length)} for r in batch]
-            sps = [
-                vllm_params(params, request_seed(params.seed, start + i) if sample_cfg.request_seed else None)
-                for i in range(len(batch))
-            ]
-            outs = llm.generate(prompts, sps, use_tqdm=False, lora_request=lora)
-            out_rows, all_ids, mismatch = [], [], 0
-            for r, p, out in zip(batch, prompts, outs, strict=True):
-                for k, c in enumerate(sorted(out.outputs, key=lambda c: c.index)):
-                    toks = list(c.token_ids)
-                    out_rows.append(completion_row(r, k, c.text, toks, c.finish_reason))
-                    all_ids.append(toks)
-                    if not isinstance(c.stop_reason, str):  # not cut at a stop string
-                        mismatch += retokenize_mismatch(tokenizer, p["prompt_token_ids"], c.text, toks, model_cfg)
-            write_shard(shard_dir, s, out_rows, {"retokenize_mismatch": mismatch}, all_ids)
+        generate_shards(llm, tokenizer, lora, rows, todo, params, shard_dir, model_cfg, sample_cfg, progress)
     finally:
         shutdown_engine(llm)
 

@@ -151,3 +151,41 @@ def test_new_checkpoint_restarts_and_sigterm_stops_servers(toy_cache, tiny_model
     finally:
         if child.poll() is None:
             child.kill()
+
+
+def _adapter(base, dest, seed: int):
+    """A PEFT LoRA adapter of ``base`` with random (non-zero) weights, so it changes outputs."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(base), LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj", "o_proj"]))
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_" in name:
+                p.normal_(0, 0.5)
+    model.save_pretrained(dest)
+    return str(dest)
+
+
+def test_lora_adapters_load_without_restart(toy_cache, tmp_path):
+    """A LoRA policy: the server starts on the base model with --enable-lora; the next
+    iteration's adapter is loaded through /v1/load_lora_adapter, the process stays."""
+    from iterdpo.sampling.server import ServerPool
+
+    base = str(toy_cache / "sft")
+    a1, a2 = _adapter(base, tmp_path / "a1", 1), _adapter(base, tmp_path / "a2", 2)
+    pool = ServerPool(SampleConfig(backend="server"), ModelConfig())
+    try:
+        pool.ensure_model(a1)
+        pgid, name1 = pool.servers[0].proc.pid, pool.served
+        body = {"prompt": [1, 5, 9, 13], "max_tokens": 8, "temperature": 0, "return_token_ids": True}
+        out1 = pool.complete(body)["choices"][0]["token_ids"]
+        base_out = pool.client.post(f"{pool.servers[0].url}/v1/completions", json={**body, "model": base}).json()["choices"][0]["token_ids"]
+        pool.ensure_model(a2)
+        assert pool.servers[0].proc.pid == pgid and pool.served != name1
+        out2 = pool.complete(body)["choices"][0]["token_ids"]
+        assert len({tuple(out1), tuple(out2), tuple(base_out)}) == 3  # each adapter is really applied
+    finally:
+        pool.shutdown()
