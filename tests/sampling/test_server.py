@@ -120,39 +120,6 @@ def test_shutdown_stops_every_server(pool):
     assert all(_gone(g) for g in pgids)
 
 
-CHILD = """
-import sys, time, json
-from iterdpo.config import ModelConfig, SampleConfig
-from iterdpo.sampling.server import ServerPool
-pool = ServerPool(SampleConfig(backend="server"), ModelConfig())
-pool.ensure_model(sys.argv[1])
-first = pool.servers[0].proc.pid
-pool.ensure_model(sys.argv[2])  # a new checkpoint: the server restarts with it
-models = pool.client.get(pool.servers[0].url + "/v1/models").json()["data"]
-print(json.dumps({"first": first, "pgid": pool.servers[0].proc.pid, "roots": [m["root"] for m in models]}), flush=True)
-time.sleep(600)
-"""
-
-
-def test_new_checkpoint_restarts_and_sigterm_stops_servers(toy_cache, tiny_model_dir):
-    """In a child process: a new (full) checkpoint restarts the server with it; SIGTERM to
-    the driver stops its servers (atexit via the SIGTERM handler)."""
-    child = subprocess.Popen(
-        [sys.executable, "-c", CHILD, str(toy_cache / "sft"), str(tiny_model_dir)],
-        stdout=subprocess.PIPE, text=True, cwd=os.getcwd(),
-    )
-    try:
-        info = json.loads(child.stdout.readline())
-        assert _gone(info["first"])  # the old server is stopped, not left running
-        assert info["roots"] == [str(tiny_model_dir)]
-        child.send_signal(signal.SIGTERM)
-        assert child.wait(120) == 128 + signal.SIGTERM
-        assert _gone(info["pgid"])
-    finally:
-        if child.poll() is None:
-            child.kill()
-
-
 def _adapter(base, dest, seed: int):
     """A PEFT LoRA adapter of ``base`` with random (non-zero) weights, so it changes outputs."""
     import torch
@@ -169,23 +136,48 @@ def _adapter(base, dest, seed: int):
     return str(dest)
 
 
-def test_lora_adapters_load_without_restart(toy_cache, tmp_path):
-    """A LoRA policy: the server starts on the base model with --enable-lora; the next
-    iteration's adapter is loaded through /v1/load_lora_adapter, the process stays."""
-    from iterdpo.sampling.server import ServerPool
+CHILD = """
+import sys, time, json
+from iterdpo.config import ModelConfig, SampleConfig
+from iterdpo.sampling.server import ServerPool
+base, a1, a2, other = sys.argv[1:]
+pool = ServerPool(SampleConfig(backend="server"), ModelConfig())
+out = {}
+body = {"prompt": [1, 5, 9, 13], "max_tokens": 8, "temperature": 0, "return_token_ids": True}
+pool.ensure_model(a1)  # a LoRA policy: the base model with --enable-lora, adapter loaded at run time
+out["pgid_a1"], out["name_a1"] = pool.servers[0].proc.pid, pool.served
+out["ids_a1"] = pool.complete(body)["choices"][0]["token_ids"]
+out["ids_base"] = pool.client.post(pool.servers[0].url + "/v1/completions", json={**body, "model": base}).json()["choices"][0]["token_ids"]
+pool.ensure_model(a2)  # next iteration's adapter: loaded through /v1/load_lora_adapter, no restart
+out["pgid_a2"], out["name_a2"] = pool.servers[0].proc.pid, pool.served
+out["ids_a2"] = pool.complete(body)["choices"][0]["token_ids"]
+pool.ensure_model(other)  # a new full checkpoint: the server restarts with it
+out["pgid"] = pool.servers[0].proc.pid
+out["roots"] = [m["root"] for m in pool.client.get(pool.servers[0].url + "/v1/models").json()["data"]]
+print(json.dumps(out), flush=True)
+time.sleep(600)
+"""
 
+
+def test_new_checkpoints_lora_and_sigterm(toy_cache, tiny_model_dir, tmp_path):
+    """In a child process (one server): LoRA adapters are loaded into the running server
+    (and really applied); a new full checkpoint restarts the server with it; SIGTERM to
+    the driver stops its servers (SIGTERM handler -> SystemExit -> atexit)."""
     base = str(toy_cache / "sft")
     a1, a2 = _adapter(base, tmp_path / "a1", 1), _adapter(base, tmp_path / "a2", 2)
-    pool = ServerPool(SampleConfig(backend="server"), ModelConfig())
+    child = subprocess.Popen(
+        [sys.executable, "-c", CHILD, base, a1, a2, str(tiny_model_dir)],
+        stdout=subprocess.PIPE, text=True, cwd=os.getcwd(),
+    )
     try:
-        pool.ensure_model(a1)
-        pgid, name1 = pool.servers[0].proc.pid, pool.served
-        body = {"prompt": [1, 5, 9, 13], "max_tokens": 8, "temperature": 0, "return_token_ids": True}
-        out1 = pool.complete(body)["choices"][0]["token_ids"]
-        base_out = pool.client.post(f"{pool.servers[0].url}/v1/completions", json={**body, "model": base}).json()["choices"][0]["token_ids"]
-        pool.ensure_model(a2)
-        assert pool.servers[0].proc.pid == pgid and pool.served != name1
-        out2 = pool.complete(body)["choices"][0]["token_ids"]
-        assert len({tuple(out1), tuple(out2), tuple(base_out)}) == 3  # each adapter is really applied
+        info = json.loads(child.stdout.readline())
+        assert info["pgid_a2"] == info["pgid_a1"] and info["name_a2"] != info["name_a1"]
+        assert len({tuple(info["ids_a1"]), tuple(info["ids_a2"]), tuple(info["ids_base"])}) == 3, info
+        assert _gone(info["pgid_a1"])  # the old server is stopped, not left running
+        assert info["roots"] == [str(tiny_model_dir)]
+        child.send_signal(signal.SIGTERM)
+        assert child.wait(120) == 128 + signal.SIGTERM
+        assert _gone(info["pgid"])
     finally:
-        pool.shutdown()
+        if child.poll() is None:
+            child.kill()
