@@ -112,6 +112,7 @@ class SampleConfig(_Section):
     request_timeout: float = Field(600.0, gt=0.0, description="server: seconds before a request is abandoned and retried.")
     max_retries: int = Field(3, ge=0, description="server: retries of a failed request on a live server (a dead server's requests are re-sent without counting).")
     server_start_timeout: float = Field(900.0, gt=0.0, description="server: seconds to wait for a server's /health.")
+    keep_servers: bool | None = Field(None, description="server: keep launched servers running after a sampling stage (the next stage may reuse them; LoRA adapters then load without a restart). None = keep on CPU, stop on GPU machines so training gets the GPUs back.")
     max_restarts: int = Field(3, ge=0, description="server: restarts of a launched server that died, per server, before the stage fails.")
 
 

@@ -18,7 +18,8 @@ The pool either launches its servers (one per group of ``tensor_parallel_size`` 
   then SIGKILL) by :meth:`ServerPool.shutdown`, which runs on errors and Ctrl-C in
   :func:`sample_server`, at interpreter exit (``atexit``) and on SIGTERM. (A SIGKILLed
   driver cannot clean up: ``kill -- -PGID`` with the pgid printed at launch does.)
-- New checkpoints: the pool lives on between iterations of one process. A new full
+- New checkpoints: with ``keep_servers`` (default on CPU, off on GPUs, where training needs
+  the memory) the pool lives on between stages and iterations of one process. A new full
   checkpoint restarts the launched servers with it. A PEFT LoRA adapter (a folder with
   ``adapter_config.json``) is loaded into the running servers through
   ``POST /v1/load_lora_adapter`` instead; that endpoint needs
@@ -406,7 +407,7 @@ class ServerPool:
 def get_pool(sample_cfg, model_cfg, seed: int = 0) -> ServerPool:
     """The process's pool, reused while the pool settings stay the same."""
     global _POOL, _POOL_KEY
-    keys = ("servers", "num_servers", "base_port", "server_args", "tensor_parallel_size", "gpu_memory_utilization", "max_model_len", "enforce_eager", "concurrency", "request_timeout", "max_retries", "server_start_timeout", "max_restarts")
+    keys = ("servers", "num_servers", "keep_servers", "base_port", "server_args", "tensor_parallel_size", "gpu_memory_utilization", "max_model_len", "enforce_eager", "concurrency", "request_timeout", "max_retries", "server_start_timeout", "max_restarts")
     key = (tuple(str(getattr(sample_cfg, k)) for k in keys), model_cfg.model_dump_json())
     if _POOL is None or key != _POOL_KEY:
         if _POOL is not None:
@@ -505,4 +506,7 @@ def sample_server(
     except BaseException:
         pool.shutdown()  # errors and Ctrl-C: no server outlives a failed stage
         raise
+    keep = sample_cfg.keep_servers if sample_cfg.keep_servers is not None else on_cpu()
+    if not keep:
+        pool.shutdown()  # training needs the GPUs the servers hold
     return collect(shard_dir)

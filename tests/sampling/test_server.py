@@ -22,7 +22,7 @@ pytestmark = pytest.mark.vllm
 pytest.importorskip("vllm")
 
 PARAMS = SamplingParams(n=4, temperature=1.0, top_p=1.0, top_k=50, max_tokens=48, seed=5)
-CFG = SampleConfig(backend="server", num_servers=2, concurrency=4)
+CFG = SampleConfig(backend="server", num_servers=2, concurrency=4, keep_servers=True)
 
 
 def _gone(pgid: int) -> bool:
