@@ -24,6 +24,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
+score_rows = 0  # set by --score-check
+
+
 def tokens(table) -> int:
     return sum(table.column("num_tokens").to_pylist())
 
@@ -77,9 +80,39 @@ def bench_server(model, prompts, params, model_cfg, sample_cfg, batch_size, work
         t0 = time.perf_counter()
         table = sample_server(model, prompts, params, workdir / "server", model_cfg=model_cfg, batch_size=batch_size, progress=None, sample_cfg=sample_cfg)
         wall = time.perf_counter() - t0
+        servers = len(pool.servers)
+        check = score_check(pool, model, table, model_cfg) if score_rows else None
     finally:
         pool.shutdown()
-    return {"start_s": start, "sample_s": wall, "tokens": tokens(table), "rows": table.num_rows, "servers": len(pool.servers)}
+    out = {"start_s": start, "sample_s": wall, "tokens": tokens(table), "rows": table.num_rows, "servers": servers}
+    if check:
+        out["score_check"] = check
+    return out
+
+
+def score_check(pool, model, table, model_cfg) -> dict:
+    """prompt_logprobs scoring through the servers vs the exact HF routine on a sample."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from iterdpo.logprobs import score_logps
+    from iterdpo.sampling.server import server_logps
+
+    rows = table.slice(0, score_rows).to_pylist()
+    tok = AutoTokenizer.from_pretrained(model)
+    t0 = time.perf_counter()
+    fast = server_logps(pool, tok, rows, model_cfg)
+    t_fast = time.perf_counter() - t0
+    hf = AutoModelForCausalLM.from_pretrained(model, dtype=torch.float32)
+    t0 = time.perf_counter()
+    exact, _ = score_logps(hf, tok, rows, max_prompt_length=model_cfg.max_prompt_length, max_length=model_cfg.max_length, batch_tokens=8192)
+    t_exact = time.perf_counter() - t0
+    diffs = [abs(a - b) for a, b in zip(fast, exact, strict=True)]
+    rank = lambda xs: {i: r for r, i in enumerate(sorted(range(len(xs)), key=xs.__getitem__))}  # noqa: E731
+    ra, rb = rank(fast), rank(exact)
+    n = len(rows)
+    spearman = 1 - 6 * sum((ra[i] - rb[i]) ** 2 for i in range(n)) / (n * (n * n - 1))
+    return {"rows": n, "max_abs_diff_nats": max(diffs), "mean_abs_diff_nats": sum(diffs) / n, "spearman": spearman, "server_s": t_fast, "hf_s": t_exact}
 
 
 def main() -> None:
@@ -94,7 +127,10 @@ def main() -> None:
     ap.add_argument("--num-servers", type=int, default=0)
     ap.add_argument("--backends", default="hf,vllm,server")
     ap.add_argument("--json", default=None, help="write the results here")
+    ap.add_argument("--score-check", type=int, default=0, help="server: also score this many completions with prompt_logprobs and compare with the exact HF routine")
     args = ap.parse_args()
+    global score_rows
+    score_rows = args.score_check
 
     from iterdpo import records
     from iterdpo.config import ModelConfig, SampleConfig
@@ -132,6 +168,8 @@ def main() -> None:
             results[b] = r
             print(f"{b:7s} start {r['start_s']:6.1f} s  sample {r['sample_s']:7.2f} s  {r['rows']} completions  "
                   f"{r['tokens']} tokens  {r['tokens_per_s']:8.0f} tokens/s", flush=True)
+            if "score_check" in r:
+                print(f"        prompt_logprobs scoring vs exact HF: {json.dumps(r['score_check'])}", flush=True)
     if "vllm" in results and "server" in results:
         over = results["server"]["sample_s"] / results["vllm"]["sample_s"] - 1
         results["server_overhead_vs_vllm"] = over

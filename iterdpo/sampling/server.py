@@ -510,3 +510,30 @@ def sample_server(
     if not keep:
         pool.shutdown()  # training needs the GPUs the servers hold
     return collect(shard_dir)
+
+
+def server_logps(pool: ServerPool, tokenizer, rows: list[dict], model_cfg) -> list[float]:
+    """Fast, approximate ``log pi(y|x)`` of (prompt, completion, finish_reason) rows from
+    the servers' ``prompt_logprobs`` (for ranking only, never for training's reference
+    log-probs: vLLM's kernels and dtype differ from the exact HF routine).
+
+    The token ids come from :func:`iterdpo.logprobs.encode`, so the sequence is exactly
+    the one :func:`iterdpo.logprobs.score_logps` scores; the sum runs over response tokens.
+    """
+    from iterdpo.logprobs import encode, render_prompt
+
+    encoded, bodies = [], {}
+    for i, r in enumerate(rows):
+        p = render_prompt(tokenizer, r["prompt"], model_cfg.max_prompt_length)
+        e = encode(tokenizer, r["prompt"], r["completion"], stopped=r["finish_reason"] == "stop",
+                   max_prompt_length=model_cfg.max_prompt_length, max_length=model_cfg.max_length, prompt_ids=p)
+        encoded.append(e)
+        bodies[i] = {"prompt": e.input_ids, "max_tokens": 1, "temperature": 0, "prompt_logprobs": 0}
+    out = [0.0] * len(rows)
+
+    def on_done(i: int, resp: dict) -> None:
+        e, lp = encoded[i], resp["choices"][0]["prompt_logprobs"]  # [T] of None | {id: {logprob}}
+        out[i] = sum(lp[t][str(e.input_ids[t])]["logprob"] for t in range(e.prompt_len, len(e.input_ids)))
+
+    pool.map(bodies, on_done)
+    return out
