@@ -125,6 +125,8 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=64, help="prompts per shard / generate call")
     ap.add_argument("--concurrency", type=int, default=64, help="server: requests in flight per server")
     ap.add_argument("--num-servers", type=int, default=0)
+    ap.add_argument("--prompts-per-request", type=int, default=1, help="server: prompts per request (> 1 implies --no-request-seed)")
+    ap.add_argument("--no-request-seed", action="store_true", help="vllm/server: seed only the engine, not each prompt's request")
     ap.add_argument("--backends", default="hf,vllm,server")
     ap.add_argument("--json", default=None, help="write the results here")
     ap.add_argument("--score-check", type=int, default=0, help="server: also score this many completions with prompt_logprobs and compare with the exact HF routine")
@@ -154,7 +156,8 @@ def main() -> None:
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
         for b in args.backends.split(","):
-            sample_cfg = SampleConfig(backend=b, concurrency=args.concurrency, num_servers=args.num_servers)
+            seeded = not (args.no_request_seed or args.prompts_per_request > 1)
+            sample_cfg = SampleConfig(backend=b, concurrency=args.concurrency, num_servers=args.num_servers, request_seed=seeded, prompts_per_request=args.prompts_per_request)
             work = Path(tmp) / b
             if b == "hf":
                 r = bench_hf(model, prompts, params, model_cfg, args.batch_size, work)

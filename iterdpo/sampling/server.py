@@ -420,7 +420,7 @@ def current_pool() -> ServerPool | None:
     return _POOL
 
 
-def request_body(prompt_ids: list[int], params: SamplingParams, seed: int | None) -> dict:
+def request_body(prompt_ids: list[int] | list[list[int]], params: SamplingParams, seed: int | None) -> dict:
     greedy = params.temperature == 0
     body = {
         "prompt": prompt_ids,
@@ -468,28 +468,33 @@ def sample_server(
     try:
         pool.ensure_model(model_path)
         shard_of, left, answers, prompt_ids = {}, {}, {}, {}
-        bodies = {}
+        bodies, members = {}, {}  # request key -> body, -> its prompt indices
+        ppr = sample_cfg.prompts_per_request
         for s, start, end in todo:
             left[s] = end - start
             for i in range(start, end):
                 shard_of[i] = s
-                ids = render_prompt(tokenizer, rows[i]["prompt"], model_cfg.max_prompt_length)
-                prompt_ids[i] = ids
+                prompt_ids[i] = render_prompt(tokenizer, rows[i]["prompt"], model_cfg.max_prompt_length)
+            for i in range(start, end, ppr):  # requests never span shards
+                members[i] = list(range(i, min(i + ppr, end)))
+                ids = prompt_ids[i] if ppr == 1 else [prompt_ids[j] for j in members[i]]
                 bodies[i] = request_body(ids, params, request_seed(params.seed, i) if sample_cfg.request_seed else None)
         starts = {s: (start, end) for s, start, end in todo}
-        bar = tqdm(total=len(bodies), desc=progress, disable=progress is None)
+        bar = tqdm(total=len(shard_of), desc=progress, disable=progress is None)
 
-        def on_done(i: int, resp: dict) -> None:
-            answers[i] = resp["choices"]
-            bar.update(1)
-            s = shard_of[i]
-            left[s] -= 1
+        def on_done(key: int, resp: dict) -> None:
+            # choice index = position of the prompt in the request * n + sample number
+            for pos, i in enumerate(members[key]):
+                answers[i] = [c for c in resp["choices"] if c["index"] // params.n == pos]
+            bar.update(len(members[key]))
+            s = shard_of[key]
+            left[s] -= len(members[key])
             if left[s]:
                 return
             start, end = starts[s]
             out_rows, all_ids, mismatch = [], [], 0
             for j in range(start, end):
-                choices = sorted(answers.pop(j), key=lambda c: c["index"])
+                choices = sorted(answers.pop(j), key=lambda c: c["index"])  # n of them, in order
                 pids = prompt_ids.pop(j)
                 if len(choices) != params.n:
                     raise ServerError(f"prompt {rows[j]['prompt_id']}: server returned {len(choices)} samples, asked for {params.n}")

@@ -101,6 +101,18 @@ def test_sigkilled_server_loses_and_duplicates_nothing(pool, baseline, toy_cache
     assert r.status_code == 200
 
 
+def test_several_prompts_per_request(pool, baseline, toy_cache, tmp_path):
+    """prompts_per_request > 1 (unseeded requests): choices are split back per prompt."""
+    from iterdpo.sampling.server import sample_server
+
+    prompts = baseline[0].slice(0, 20)
+    cfg = CFG.model_copy(update={"prompts_per_request": 3, "request_seed": False})
+    table = sample_server(str(toy_cache / "sft"), prompts, PARAMS, tmp_path, model_cfg=ModelConfig(), batch_size=8, progress=None, sample_cfg=cfg)
+    check_complete(table, prompts, PARAMS.n)
+    with pytest.raises(ValueError, match="request_seed"):
+        SampleConfig.model_validate({**CFG.model_dump(), "prompts_per_request": 3})
+
+
 def test_external_endpoints(pool, toy_cache, tiny_model_dir):
     from iterdpo.sampling.server import ServerError, ServerPool
 
