@@ -107,7 +107,34 @@ class SampleConfig(_Section):
     top_p: float = Field(1.0, gt=0.0, le=1.0, description="Nucleus sampling mass.")
     top_k: int = Field(50, ge=0, description="Top-k sampling (0 = off).")
     max_tokens: int = Field(48, ge=1, description="Maximum new tokens per response.")
-    batch_size: int = Field(64, ge=1, description="Prompts per generate() call (hf backend).")
+    batch_size: int = Field(64, ge=1, description="Prompts per shard (and per generate() call of the hf and vllm backends).")
+    stop: list[str] = Field(default_factory=list, description="Stop strings: a response ends before the first one (finish_reason 'stop').")
+    empty: Literal["keep", "drop"] = Field("keep", description="Empty (whitespace-only) responses: keep or drop (counted in the manifest either way).")
+    duplicates: Literal["keep", "drop"] = Field("keep", description="Repeated responses to one prompt: keep or drop all but the first (counted either way).")
+    request_seed: bool = Field(True, description="vllm/server: seed each prompt's request with a hash of (seed, prompt index), so results do not depend on sharding, servers or retries. Off: only the engine is seeded.")
+    tensor_parallel_size: int = Field(1, ge=1, description="vllm/server: GPUs per engine (tensor parallelism for big models).")
+    data_parallel_size: int = Field(0, ge=0, description="vllm: engines, each on its own group of tensor_parallel_size GPUs, prompts sharded across them (0 = as many as the visible GPUs allow; 1 on CPU).")
+    gpu_memory_utilization: float = Field(0.9, gt=0.0, le=1.0, description="vllm/server: share of each GPU's memory vLLM may take.")
+    max_model_len: int | None = Field(None, ge=8, description="vllm/server: context length of the engine (default: model.max_length).")
+    enforce_eager: bool = Field(False, description="vllm/server: no CUDA graphs (always on for CPU).")
+    servers: list[str] = Field(default_factory=list, description="server: base URLs of running OpenAI-compatible servers (http://host:port); empty = launch them.")
+    num_servers: int = Field(0, ge=0, description="server: servers to launch (0 = one per group of tensor_parallel_size visible GPUs; 1 on CPU).")
+    base_port: int = Field(0, ge=0, le=65535, description="server: port of the first launched server, the next ones count up (0 = free ports).")
+    server_args: list[str] = Field(default_factory=list, description="server: extra command-line arguments for launched servers.")
+    prompts_per_request: int = Field(1, ge=1, description="server: prompts batched into one request (fewer HTTP round trips: matters for small, fast models). > 1 needs request_seed false: a request carries one seed, its prompts would share random numbers.")
+    concurrency: int = Field(32, ge=1, description="server: requests in flight per server (one request = one prompt with n samples).")
+    request_timeout: float = Field(600.0, gt=0.0, description="server: seconds before a request is abandoned and retried.")
+    max_retries: int = Field(3, ge=0, description="server: retries of a failed request on a live server (a dead server's requests are re-sent without counting).")
+    server_start_timeout: float = Field(900.0, gt=0.0, description="server: seconds to wait for a server's /health.")
+    keep_servers: bool | None = Field(None, description="server: keep launched servers running after a sampling stage (the next stage may reuse them; LoRA adapters then load without a restart). None = keep on CPU, stop on GPU machines so training gets the GPUs back.")
+    max_restarts: int = Field(3, ge=0, description="server: restarts of a launched server that died, per server, before the stage fails.")
+
+
+    @model_validator(mode="after")
+    def _seeded_requests(self) -> SampleConfig:
+        if self.prompts_per_request > 1 and self.request_seed:
+            raise ValueError("sample.prompts_per_request > 1 needs sample.request_seed: false (one seed per request would be shared by its prompts)")
+        return self
 
 
 class ScoreConfig(_Section):

@@ -168,18 +168,19 @@ def _stage(run: Run, k: int | None, name: str, key: str, write, all_ranks: bool 
 
 
 def _sample(run: Run, model: str, prompts, dest_name: str, k: int | None, n: int, temperature: float, max_tokens: int, seed: int, key: str):
-    from iterdpo.sampling import SamplingParams, get_sampler
+    from iterdpo.sampling import SamplingParams, get_sampler, postprocess
 
     cfg = run.cfg
     path = run.rd.stage(k, dest_name)
 
     def write(tmp: Path) -> dict:
-        params = SamplingParams(n=n, temperature=temperature, top_p=cfg.sample.top_p, top_k=cfg.sample.top_k, max_tokens=max_tokens, seed=seed)
+        params = SamplingParams(n=n, temperature=temperature, top_p=cfg.sample.top_p, top_k=cfg.sample.top_k, max_tokens=max_tokens, seed=seed, stop=tuple(cfg.sample.stop))
         sampler = get_sampler(cfg.sample.backend)
-        table = sampler(model, prompts, params, run.rd.partial(path), model_cfg=cfg.model, batch_size=cfg.sample.batch_size, progress=dest_name)
+        table = sampler(model, prompts, params, run.rd.partial(path), model_cfg=cfg.model, batch_size=cfg.sample.batch_size, progress=dest_name, sample_cfg=cfg.sample)
+        table, extra = postprocess(table, empty=cfg.sample.empty, duplicates=cfg.sample.duplicates)
         records.write_table(table, tmp / "completions.parquet")
         stops = sum(f == "stop" for f in table.column("finish_reason").to_pylist())
-        return {"prompts": prompts.num_rows, "completions": table.num_rows, "stopped": stops}
+        return {"prompts": prompts.num_rows, "completions": table.num_rows, "stopped": stops, **extra}
 
     return _stage(run, k, dest_name, key, write)
 

@@ -6,8 +6,25 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from iterdpo import records
-from iterdpo.sampling import SamplingParams, shard_seed
+from iterdpo.sampling import (
+    SamplingParams,
+    collect,
+    completion_row,
+    pending_shards,
+    retokenize_mismatch,
+    shard_seed,
+    write_shard,
+)
+
+
+def _cut_at_stop(tokenizer, toks: list[int], stop: tuple[str, ...]) -> tuple[list[int], str] | None:
+    """(tokens up to the one completing the first stop string, text before it), or None."""
+    for end in range(1, len(toks) + 1):
+        text = tokenizer.decode(toks[:end], skip_special_tokens=True)
+        hits = [text.find(s) for s in stop if s in text]
+        if hits:
+            return toks[:end], text[: min(hits)]
+    return None
 
 
 def sample_hf(
@@ -19,6 +36,7 @@ def sample_hf(
     model_cfg,
     batch_size: int,
     progress: str | None = "sample",
+    sample_cfg=None,
 ) -> pa.Table:
     """N completions for each prompt; one Parquet shard per batch of prompts in ``shard_dir``."""
     import torch
@@ -27,22 +45,23 @@ def sample_hf(
 
     from iterdpo.logprobs import render_prompt
 
+    rows = prompts.to_pylist()
+    todo = pending_shards(len(rows), batch_size, shard_dir)
+    if not todo:
+        return collect(shard_dir)
     tokenizer = AutoTokenizer.from_pretrained(model_cfg.tokenizer or model_path)
     model = AutoModelForCausalLM.from_pretrained(model_path, dtype=getattr(torch, model_cfg.dtype))
     model.eval()
     eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
-    rows = prompts.to_pylist()
-    shards = [rows[i : i + batch_size] for i in range(0, len(rows), batch_size)]
-    for s, batch in enumerate(tqdm(shards, desc=progress, disable=progress is None)):
-        path = shard_dir / f"shard-{s:05d}.parquet"
-        if path.exists():
-            continue
+    for s, start, end in tqdm(todo, desc=progress, disable=progress is None):
+        batch = rows[start:end]
         ids = [render_prompt(tokenizer, r["prompt"], model_cfg.max_prompt_length) for r in batch]
         width = max(map(len, ids))
         input_ids = torch.tensor([[pad] * (width - len(x)) + x for x in ids])  # left padding
         attn = (torch.arange(width)[None, :] >= torch.tensor([width - len(x) for x in ids])[:, None]).long()
         torch.manual_seed(shard_seed(params.seed, s))
         greedy = params.temperature == 0
+        extra = {"stop_strings": list(params.stop), "tokenizer": tokenizer} if params.stop else {}
         with torch.no_grad():
             out = model.generate(
                 input_ids=input_ids,
@@ -55,23 +74,20 @@ def sample_hf(
                 num_return_sequences=params.n,
                 pad_token_id=pad,
                 eos_token_id=eos,
+                **extra,
             )
         gen = out[:, width:].tolist()  # [B * n, <= max_tokens]; row b*n + k is sample k of prompt b
-        out_rows = []
+        out_rows, all_ids, mismatch = [], [], 0
         for j, toks in enumerate(gen):
-            r = batch[j // params.n]
             stop = eos in toks
             toks = toks[: toks.index(eos) + 1] if stop else toks
             text = tokenizer.decode(toks, skip_special_tokens=True)
-            out_rows.append(
-                {
-                    "prompt_id": r["prompt_id"],
-                    "completion_id": f"{r['prompt_id']}-{j % params.n:04d}",
-                    "prompt": r["prompt"],
-                    "completion": text,
-                    "num_tokens": len(toks),
-                    "finish_reason": "stop" if stop else "length",
-                }
-            )
-        records.write_table(records.from_rows(out_rows, records.COMPLETIONS), path)
-    return records.read_table(shard_dir) if any(shard_dir.glob("*.parquet")) else records.from_rows([], records.COMPLETIONS)
+            cut = None if stop or not params.stop else _cut_at_stop(tokenizer, toks, params.stop)
+            if cut is not None:  # like vLLM: the stop string ends the response and is not kept
+                toks, text, stop = cut[0], cut[1], True
+            else:
+                mismatch += retokenize_mismatch(tokenizer, ids[j // params.n], text, toks, model_cfg)
+            out_rows.append(completion_row(batch[j // params.n], j % params.n, text, toks, "stop" if stop else "length"))
+            all_ids.append(toks)
+        write_shard(shard_dir, s, out_rows, {"retokenize_mismatch": mismatch}, all_ids)
+    return collect(shard_dir)
