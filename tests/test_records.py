@@ -67,3 +67,37 @@ def test_write_table_is_atomic_and_read_folder(tmp_path):
     assert records.read_table(tmp_path / "d").num_rows == 2
     with pytest.raises(RecordError, match="no .parquet"):
         records.read_table(tmp_path)
+
+
+def test_load_preferences_texts_and_chats(tmp_path):
+    rows = [
+        {"prompt": "Describe a moon.", "chosen": "kind moon", "rejected": "sad moon"},
+        {
+            "prompt": [{"role": "user", "content": "Describe a sun."}],
+            "chosen": [{"role": "user", "content": "Describe a sun."}, {"role": "assistant", "content": "warm sun"}],
+            "rejected": [{"role": "user", "content": "Describe a sun."}, {"role": "assistant", "content": "cold sun"}],
+        },
+    ]
+    (tmp_path / "d.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+    t = records.load_preferences(tmp_path / "d.jsonl")
+    assert t.column("chosen").to_pylist() == ["kind moon", "warm sun"]
+    assert t.column("prompt").to_pylist()[1] == "Describe a sun."
+    assert t.column("rejected_id").to_pylist() == ["offline-0000000-rejected", "offline-0000001-rejected"]
+
+
+@pytest.mark.parametrize(
+    "row, match",
+    [
+        ({"prompt": "p", "chosen": "a"}, r"line 1, field 'rejected': missing"),
+        ({"prompt": "p", "chosen": "a", "rejected": "a"}, r"line 1, fields 'chosen'/'rejected': identical"),
+        ({"prompt": "p", "chosen": 3, "rejected": "a"}, r"line 1, field 'chosen': expected a string"),
+        ({"prompt": "p", "chosen": [{"role": "user", "content": "x"}], "rejected": "a"}, r"field 'chosen': a chat must end"),
+        ({"prompt": "", "chosen": "a", "rejected": "b"}, r"line 1, field 'prompt': empty prompt"),
+    ],
+)
+def test_load_preferences_errors(tmp_path, row, match):
+    p = tmp_path / "d.jsonl"
+    p.write_text(json.dumps(row) + "\n")
+    with pytest.raises(RecordError, match=match) as e:
+        records.load_preferences(p)
+    assert str(p) in str(e.value)
