@@ -1,4 +1,4 @@
-"""Multi-process runs on CPU: 2-process scoring equals 1-process, 2-process DeepSpeed ZeRO-2 training.
+"""Multi-process runs on CPU: 2-process scoring equals 1-process, 2-process DeepSpeed ZeRO-2/3 loops.
 
 ``accelerate launch --cpu --num_processes 2`` silently runs one process, so these use
 ``torchrun --nproc_per_node 2`` (gloo) and an accelerate DeepSpeed config with ``use_cpu``.
@@ -61,14 +61,16 @@ def test_two_process_scoring_equals_one_process(toy_cache, tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.deepspeed
-def test_deepspeed_zero2_two_processes(toy_cache, tmp_path):
+@pytest.mark.parametrize("stage", ["zero2", "zero3"])
+def test_deepspeed_two_processes(stage, toy_cache, tmp_path):
+    """The whole loop under a shipped DeepSpeed config; rank 0 writes a plain model with the trained weights."""
     pytest.importorskip("deepspeed")
     import yaml
 
-    cfg = yaml.safe_load((ROOT / "launch" / "accelerate" / "zero2.yaml").read_text())
+    cfg = yaml.safe_load((ROOT / "launch" / "accelerate" / f"{stage}.yaml").read_text())
     cfg["use_cpu"] = True  # DeepSpeed on CPU (DS_ACCELERATOR=cpu); no mixed_precision key
-    (tmp_path / "zero2_cpu.yaml").write_text(yaml.safe_dump(cfg))
-    launcher = ["accelerate", "launch", "--config_file", str(tmp_path / "zero2_cpu.yaml"), "--num_processes", "2",
+    (tmp_path / "ds_cpu.yaml").write_text(yaml.safe_dump(cfg))
+    launcher = ["accelerate", "launch", "--config_file", str(tmp_path / "ds_cpu.yaml"), "--num_processes", "2",
                 "--main_process_port", str(free_port())]
     launcher[0] = str(Path(sys.executable).parent / "accelerate")
     out = iterdpo("run", f"run.output_dir={tmp_path}", "train.checkpoint_every=2", *SMALL, launcher=launcher)
@@ -77,7 +79,15 @@ def test_deepspeed_zero2_two_processes(toy_cache, tmp_path):
     assert train["first_loss"] == pytest.approx(math.log(2), abs=1e-4)
     pm = records.read_table(tmp_path / "toy" / "iter_1" / "train" / "pair_margins.parquet")
     assert pm.num_rows == train["pairs"]
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    AutoModelForCausalLM.from_pretrained(tmp_path / "toy" / "iter_1" / "train" / "model")
+    from iterdpo.logprobs import score_logps
+
+    model_dir = tmp_path / "toy" / "iter_1" / "train" / "model"
+    pairs = records.read_table(tmp_path / "toy" / "iter_1" / "annotate" / "pairs.parquet").to_pylist()
+    got, _ = score_logps(AutoModelForCausalLM.from_pretrained(model_dir), AutoTokenizer.from_pretrained(model_dir),
+                         [{"prompt": r["prompt"], "completion": r["chosen"], "finish_reason": "stop" if r["chosen_stopped"] else "length"} for r in pairs],
+                         max_prompt_length=128, max_length=256, batch_tokens=4096)
+    assert got == pytest.approx(pm.column("policy_chosen_logps").to_pylist(), abs=1e-3)  # the saved model is the trained one
+    assert max(abs(a - r["policy_chosen_logps"]) for a, r in zip(got, pairs, strict=True)) > 1e-2  # and it moved
     assert (tmp_path / "toy" / "summary.json").exists()

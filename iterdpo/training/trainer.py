@@ -235,6 +235,14 @@ def train(
             if ckpt_dir is not None and cfg.checkpoint_every and step < micro_steps and step % (cfg.checkpoint_every * cfg.grad_accum) == 0:
                 _save_checkpoint(accelerator, Path(ckpt_dir), {"micro_step": step, "losses": losses, "accs": accs})
     bar.close()
+    if ds is not None:
+        # The DeepSpeed plugin registers its config with transformers, and under ZeRO-3 every
+        # later from_pretrained (this rank 0's copy in _save_model, the rank-0-only sampling
+        # and evaluation stages, per-rank scoring) would run inside deepspeed.zero.Init, a
+        # collective the other ranks never join: a hang. The engine no longer needs it.
+        from transformers.integrations.deepspeed import unset_hf_deepspeed_config
+
+        unset_hf_deepspeed_config()
 
     margins = _final_margins(accelerator, model, tokenizer, rows, enc_c, enc_r, cfg, progress)
     _save_model(accelerator, model, tokenizer, start_path, dest, cfg, model_cfg)
