@@ -120,10 +120,17 @@ class ScoreConfig(_Section):
 
 
 class SelectConfig(_Section):
-    selector: Literal["margin", "certainty"] = Field(
+    selector: Literal["margin", "certainty", "entropy", "hybrid", "random"] = Field(
         "margin",
         description="'margin' = instance + corpus margin selection (Yang et al.); 'certainty' = APL's "
-        "largest |r1 - r2| of each prompt's first two responses (Muldrew et al.), keeping corpus_fraction of the prompts.",
+        "largest |r1 - r2| of each prompt's first two responses (Muldrew et al.), keeping corpus_fraction of the prompts; "
+        "'entropy' = APL's highest predictive entropy -(1/n) sum_k logp(y^k|x) over the prompt's n samples, then its first two responses; "
+        "'hybrid' = entropy keeps hybrid_fraction of the prompts, certainty keeps corpus_fraction of all prompts among them; "
+        "'random' = one random pair of a random corpus_fraction of the prompts (APL's baseline).",
+    )
+    entropy_per_token: bool = Field(False, description="Entropy / hybrid: per-token log-probs logp/|y| instead of sequence sums.")
+    hybrid_fraction: float = Field(
+        0.5, gt=0.0, le=1.0, description="Hybrid: fraction of the drawn prompts kept by entropy (S of J*S) before certainty keeps corpus_fraction."
     )
     instance: Literal["smallest", "largest", "random"] = Field(
         "smallest", description="Pair kept per prompt among its N(N-1)/2 pairs, by absolute margin."
@@ -135,6 +142,12 @@ class SelectConfig(_Section):
     margin: Literal["sum", "length"] = Field(
         "sum", description="Margin of summed ('sum') or length-normalised ('length') implicit rewards."
     )
+
+    @model_validator(mode="after")
+    def _hybrid_fits(self) -> SelectConfig:
+        if self.selector == "hybrid" and self.corpus_fraction > self.hybrid_fraction:
+            raise ValueError("selector 'hybrid' keeps corpus_fraction of the prompts among the hybrid_fraction kept by entropy: corpus_fraction must be <= hybrid_fraction")
+        return self
 
 
 class JudgeConfig(_Section):
