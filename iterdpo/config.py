@@ -236,6 +236,31 @@ class EvaluateConfig(_Section):
     )
 
 
+class ArmConfig(_Section):
+    """Active reward modelling (Shen, Sun, Ton; recipes/active_rm.py): a Bradley-Terry MLP on frozen embeddings."""
+
+    strategy: Literal["dopt", "pa_dopt", "xtx", "entropy", "maxdiff", "coreset", "batchbald", "random"] = Field(
+        "dopt", description="Which candidate pairs to label each round (iterdpo.selection.arm.STRATEGIES)."
+    )
+    pool: Literal["in_prompt", "cross_prompt"] = Field(
+        "cross_prompt", description="Candidate pairs: among one prompt's responses, or random pairs across all drawn prompts' responses."
+    )
+    pool_size: int | None = Field(20000, ge=1, description="Candidate pairs drawn per round (paper: 20,000); None = every pair of the pool.")
+    rounds: int = Field(4, ge=1, description="Annotation rounds; the reward model is retrained from scratch after each.")
+    batch: int = Field(64, ge=1, description="Pairs labelled per round.")
+    solver: Literal["greedy", "topc"] = Field("greedy", description="Log-det strategies: greedy rank-one design, or the paper's top-c leverage.")
+    sigma: float = Field(1.0, gt=0.0, description="Prior std of the last-layer weights (the I/sigma^2 term of the design matrix).")
+    embedding: Literal["policy", "minilm"] = Field(
+        "policy", description="e(x, y): the initial policy's mean last hidden state over the response, or all-MiniLM-L6-v2 (extra 'embed')."
+    )
+    hidden: int = Field(64, ge=1, description="Units per hidden layer of the reward MLP.")
+    layers: int = Field(3, ge=1, description="Hidden layers of the reward MLP.")
+    epochs: int = Field(30, ge=1, description="Training epochs of the reward MLP per round.")
+    learning_rate: float = Field(1e-3, gt=0.0, description="AdamW learning rate of the reward MLP.")
+    temperature: float = Field(1.0, gt=0.0, description="Simulated annotator: P(a > b) = sigmoid((g_a - g_b) / (std(g) * temperature)).")
+    test_prompts: int = Field(64, ge=1, description="Held-out prompts (from data.eval_prompts) answered sample.n times for 1 - Spearman and best-of-N.")
+
+
 class WandbConfig(_Section):
     """Weights & Biases settings, used when ``run.report_to`` is 'wandb'."""
 
@@ -264,6 +289,7 @@ class Config(_Section):
     annotate: AnnotateConfig = Field(default_factory=AnnotateConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
+    arm: ArmConfig = Field(default_factory=ArmConfig)
     wandb: WandbConfig = Field(default_factory=WandbConfig)
 
     @model_validator(mode="after")
