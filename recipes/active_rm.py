@@ -106,10 +106,12 @@ def round_stage(run: loop.Run, r: int, folder: str) -> dict:
         if pick.num_rows == 0:
             raise RuntimeError(f"round {r}: the candidate pool has no unlabelled pair left")
 
-        # --- annotate: the simulated annotator, coin = the pair's seeded key ----------------
+        # --- annotate: the simulated annotator, coin = the pair's key under its own seed -----
+        # (not the selection's seed: `random` ranks pairs by those very keys, so their coins
+        # would all land low and a would always win)
         ia = np.array([index[x] for x in pick.column("a_id").to_pylist()], np.int64)
         ib = np.array([index[x] for x in pick.column("b_id").to_pylist()], np.int64)
-        keys = base.pair_keys(base.id_hashes(pick.column("a_id")), base.id_hashes(pick.column("b_id")), seed)
+        keys = base.pair_keys(base.id_hashes(pick.column("a_id")), base.id_hashes(pick.column("b_id")), loop.derived_seed(cfg, "arm-annotator", r))
         wins = arm.simulate_preferences(gold[ia], gold[ib], keys, scale=float(gold.std()) or 1.0, temperature=a.temperature)
         new = pa.table({"a_id": pick.column("a_id"), "b_id": pick.column("b_id"), "a_wins": pa.array(wins, pa.float64()), "round": pa.repeat(pa.scalar(r, pa.int64()), pick.num_rows)})
         labelled = new if labelled is None else pa.concat_tables([labelled, new])

@@ -137,3 +137,6 @@ def test_active_rm_recipe_rounds_and_shared_responses(toy_cache, tmp_path, capsy
     out = capsys.readouterr().out
     assert "iter 1 sample: done already" in out and "arm/embed: done already" in out
     assert [c["labels"] for c in res2["rounds"]] == [12, 24] and (root / "arm_random_cross_prompt.json").exists()
+    # the annotator's coins are independent of the selection: a random pick is not "a always wins"
+    wins = records.read_table(root / "arm" / "random-cross_prompt" / "round_2" / "labelled.parquet").column("a_wins").to_pylist()
+    assert 0.1 < sum(wins) / len(wins) < 0.9
