@@ -147,11 +147,25 @@ class ScoreConfig(_Section):
 
 
 class SelectConfig(_Section):
+<<<<<<< HEAD
     selector: Literal["margin", "certainty", "sera"] = Field(
         "margin",
         description="'margin' = instance + corpus margin selection (Yang et al.); 'certainty' = APL's "
         "largest |r1 - r2| of each prompt's first two responses (Muldrew et al.), keeping corpus_fraction of the prompts; "
         "'sera' = SeRA's off-policy selection + preference bootstrapping over offline pairs (Ko et al.; see the sera section).",
+=======
+    selector: Literal["margin", "certainty", "entropy", "hybrid", "random"] = Field(
+        "margin",
+        description="'margin' = instance + corpus margin selection (Yang et al.); 'certainty' = APL's "
+        "largest |r1 - r2| of each prompt's first two responses (Muldrew et al.), keeping corpus_fraction of the prompts; "
+        "'entropy' = APL's highest predictive entropy -(1/n) sum_k logp(y^k|x) over the prompt's n samples, then its first two responses; "
+        "'hybrid' = entropy keeps hybrid_fraction of the prompts, certainty keeps corpus_fraction of all prompts among them; "
+        "'random' = one random pair of a random corpus_fraction of the prompts (APL's baseline).",
+    )
+    entropy_per_token: bool = Field(False, description="Entropy / hybrid: per-token log-probs logp/|y| instead of sequence sums.")
+    hybrid_fraction: float = Field(
+        0.5, gt=0.0, le=1.0, description="Hybrid: fraction of the drawn prompts kept by entropy (S of J*S) before certainty keeps corpus_fraction."
+>>>>>>> recipes
     )
     instance: Literal["smallest", "largest", "random"] = Field(
         "smallest", description="Pair kept per prompt among its N(N-1)/2 pairs, by absolute margin."
@@ -163,6 +177,12 @@ class SelectConfig(_Section):
     margin: Literal["sum", "length"] = Field(
         "sum", description="Margin of summed ('sum') or length-normalised ('length') implicit rewards."
     )
+
+    @model_validator(mode="after")
+    def _hybrid_fits(self) -> SelectConfig:
+        if self.selector == "hybrid" and self.corpus_fraction > self.hybrid_fraction:
+            raise ValueError("selector 'hybrid' keeps corpus_fraction of the prompts among the hybrid_fraction kept by entropy: corpus_fraction must be <= hybrid_fraction")
+        return self
 
 
 class JudgeConfig(_Section):
@@ -251,6 +271,31 @@ class EvaluateConfig(_Section):
     )
 
 
+class ArmConfig(_Section):
+    """Active reward modelling (Shen, Sun, Ton; recipes/active_rm.py): a Bradley-Terry MLP on frozen embeddings."""
+
+    strategy: Literal["dopt", "pa_dopt", "xtx", "entropy", "maxdiff", "coreset", "batchbald", "random"] = Field(
+        "dopt", description="Which candidate pairs to label each round (iterdpo.selection.arm.STRATEGIES)."
+    )
+    pool: Literal["in_prompt", "cross_prompt"] = Field(
+        "cross_prompt", description="Candidate pairs: among one prompt's responses, or random pairs across all drawn prompts' responses."
+    )
+    pool_size: int | None = Field(20000, ge=1, description="Candidate pairs drawn per round (paper: 20,000); None = every pair of the pool.")
+    rounds: int = Field(4, ge=1, description="Annotation rounds; the reward model is retrained from scratch after each.")
+    batch: int = Field(64, ge=1, description="Pairs labelled per round.")
+    solver: Literal["greedy", "topc"] = Field("greedy", description="Log-det strategies: greedy rank-one design, or the paper's top-c leverage.")
+    sigma: float = Field(1.0, gt=0.0, description="Prior std of the last-layer weights (the I/sigma^2 term of the design matrix).")
+    embedding: Literal["policy", "minilm"] = Field(
+        "policy", description="e(x, y): the initial policy's mean last hidden state over the response, or all-MiniLM-L6-v2 (extra 'embed')."
+    )
+    hidden: int = Field(64, ge=1, description="Units per hidden layer of the reward MLP.")
+    layers: int = Field(3, ge=1, description="Hidden layers of the reward MLP.")
+    epochs: int = Field(30, ge=1, description="Training epochs of the reward MLP per round.")
+    learning_rate: float = Field(1e-3, gt=0.0, description="AdamW learning rate of the reward MLP.")
+    temperature: float = Field(1.0, gt=0.0, description="Simulated annotator: P(a > b) = sigmoid((g_a - g_b) / (std(g) * temperature)).")
+    test_prompts: int = Field(64, ge=1, description="Held-out prompts (from data.eval_prompts) answered sample.n times for 1 - Spearman and best-of-N.")
+
+
 class WandbConfig(_Section):
     """Weights & Biases settings, used when ``run.report_to`` is 'wandb'."""
 
@@ -295,6 +340,7 @@ class Config(_Section):
     annotate: AnnotateConfig = Field(default_factory=AnnotateConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
+    arm: ArmConfig = Field(default_factory=ArmConfig)
     wandb: WandbConfig = Field(default_factory=WandbConfig)
     sera: SeraConfig = Field(default_factory=SeraConfig)
 

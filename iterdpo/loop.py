@@ -229,6 +229,8 @@ def score(run: Run, k: int) -> dict:
 
 
 def select(run: Run, k: int) -> dict:
+    import pyarrow as pa
+
     from iterdpo.selection.margin import select_margin
 
     cfg = run.cfg
@@ -236,14 +238,24 @@ def select(run: Run, k: int) -> dict:
 
     def write(tmp: Path) -> dict:
         s = cfg.select
-        if s.selector == "certainty":
+        if s.selector in ("certainty", "entropy", "hybrid", "random"):  # APL (Muldrew et al.): one pair per kept prompt
             import pyarrow.compute as pc
 
-            from iterdpo.selection.apl import select_certainty
+            from iterdpo.selection import apl
 
             scored = run.data(k, "score", "scored.parquet")
-            count = math.ceil(s.corpus_fraction * pc.count_distinct(scored.column("prompt_id")).as_py())
-            table = select_certainty(scored, count=count, margin=s.margin, seed=derived_seed(cfg, k, "select"))
+            prompts = pc.count_distinct(scored.column("prompt_id")).as_py()
+            count, seed = math.ceil(s.corpus_fraction * prompts), derived_seed(cfg, k, "select")
+            if s.selector == "certainty":
+                table = apl.select_certainty(scored, count=count, margin=s.margin, seed=seed)
+            elif s.selector == "hybrid":
+                table = apl.select_hybrid(scored, scored, s=math.ceil(s.hybrid_fraction * prompts), m=count, per_token=s.entropy_per_token, margin=s.margin, seed=seed)
+            elif s.selector == "entropy":  # the top prompts by entropy, each with its first two responses
+                top = apl.select_entropy(scored, count=count, per_token=s.entropy_per_token, seed=seed)
+                table = apl.select_certainty(scored, count=count, margin=s.margin, seed=seed, prompts=top.column("prompt_id"))
+                table = table.set_column(table.schema.get_field_index("selector"), "selector", pa.repeat(pa.scalar(f"apl:entropy/{'token' if s.entropy_per_token else 'sequence'}", pa.string()), table.num_rows))
+            else:
+                table = select_margin(scored, instance="random", corpus="random", corpus_fraction=s.corpus_fraction, margin=s.margin, seed=seed)
         else:
             table = select_margin(
                 run.data(k, "score", "scored.parquet"), instance=s.instance, corpus=s.corpus,

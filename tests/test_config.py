@@ -74,3 +74,9 @@ def test_override_errors(tmp_path):
         load_config(tmp_path / "missing.yaml")
     with pytest.raises(ConfigError, match="not valid YAML"):
         load_config(write(tmp_path, "run: [unclosed\n"))
+
+
+def test_hybrid_selector_keeps_no_more_than_entropy_kept():
+    assert load_config(None, ["select.selector=hybrid", "select.corpus_fraction=0.25", "select.hybrid_fraction=0.5"]).select.selector == "hybrid"
+    with pytest.raises(ConfigError, match="corpus_fraction must be <= hybrid_fraction"):
+        load_config(None, ["select.selector=hybrid", "select.corpus_fraction=0.75", "select.hybrid_fraction=0.5"])

@@ -85,7 +85,7 @@ def test_summary_and_table(reference_run):
     assert [it["iteration"] for it in summary["iterations"]] == [1, 2]
     keys = {"iteration", "pairs_trained", "mean_abs_margin", "train_loss", "gold_win_rate_vs_sft", "mean_gold_reward", "mean_length", "wall_seconds"}
     for it in summary["iterations"]:
-        assert set(it) == keys
+        assert keys <= set(it)  # the fields; evaluation adds KL and implicit-reward metrics
         assert 0 < it["pairs_trained"] <= 16 and 0 <= it["gold_win_rate_vs_sft"] <= 1
     assert summary["iterations"][0]["mean_abs_margin"] == 0.0  # pi_0 is its own reference
     assert summary["iterations"][1]["mean_abs_margin"] > 0.0
