@@ -147,25 +147,18 @@ class ScoreConfig(_Section):
 
 
 class SelectConfig(_Section):
-<<<<<<< HEAD
-    selector: Literal["margin", "certainty", "sera"] = Field(
-        "margin",
-        description="'margin' = instance + corpus margin selection (Yang et al.); 'certainty' = APL's "
-        "largest |r1 - r2| of each prompt's first two responses (Muldrew et al.), keeping corpus_fraction of the prompts; "
-        "'sera' = SeRA's off-policy selection + preference bootstrapping over offline pairs (Ko et al.; see the sera section).",
-=======
-    selector: Literal["margin", "certainty", "entropy", "hybrid", "random"] = Field(
+    selector: Literal["margin", "certainty", "entropy", "hybrid", "random", "sera"] = Field(
         "margin",
         description="'margin' = instance + corpus margin selection (Yang et al.); 'certainty' = APL's "
         "largest |r1 - r2| of each prompt's first two responses (Muldrew et al.), keeping corpus_fraction of the prompts; "
         "'entropy' = APL's highest predictive entropy -(1/n) sum_k logp(y^k|x) over the prompt's n samples, then its first two responses; "
         "'hybrid' = entropy keeps hybrid_fraction of the prompts, certainty keeps corpus_fraction of all prompts among them; "
-        "'random' = one random pair of a random corpus_fraction of the prompts (APL's baseline).",
+        "'random' = one random pair of a random corpus_fraction of the prompts (APL's baseline); "
+        "'sera' = SeRA's off-policy selection + preference bootstrapping over offline pairs (Ko et al.; see the sera section).",
     )
     entropy_per_token: bool = Field(False, description="Entropy / hybrid: per-token log-probs logp/|y| instead of sequence sums.")
     hybrid_fraction: float = Field(
         0.5, gt=0.0, le=1.0, description="Hybrid: fraction of the drawn prompts kept by entropy (S of J*S) before certainty keeps corpus_fraction."
->>>>>>> recipes
     )
     instance: Literal["smallest", "largest", "random"] = Field(
         "smallest", description="Pair kept per prompt among its N(N-1)/2 pairs, by absolute margin."

@@ -69,7 +69,7 @@ def test_later_iterations_mix_top_offline_and_bootstrapped_pairs(sera_run):
         scored = {r["completion_id"]: r for r in pq.read_table(sera_run / f"iter_{k}" / "score" / "scored.parquet").to_pylist()}
         lam = 0.0 if k == 2 else 0.3  # one aligned model at iteration 2: no ensemble yet
 
-        def R(cid):
+        def R(cid, scored=scored, lam=lam):
             r = scored[cid]
             return (1 - lam) * r["reward"] + lam * (r["prev_reward"] if lam else 0.0)
 
