@@ -147,14 +147,16 @@ class ScoreConfig(_Section):
 
 
 class SelectConfig(_Section):
-    selector: Literal["margin", "certainty", "entropy", "hybrid", "random", "sera"] = Field(
+    selector: Literal["margin", "certainty", "entropy", "hybrid", "random", "sera", "arm"] = Field(
         "margin",
         description="'margin' = instance + corpus margin selection (Yang et al.); 'certainty' = APL's "
         "largest |r1 - r2| of each prompt's first two responses (Muldrew et al.), keeping corpus_fraction of the prompts; "
         "'entropy' = APL's highest predictive entropy -(1/n) sum_k logp(y^k|x) over the prompt's n samples, then its first two responses; "
         "'hybrid' = entropy keeps hybrid_fraction of the prompts, certainty keeps corpus_fraction of all prompts among them; "
         "'random' = one random pair of a random corpus_fraction of the prompts (APL's baseline); "
-        "'sera' = SeRA's off-policy selection + preference bootstrapping over offline pairs (Ko et al.; see the sera section).",
+        "'sera' = SeRA's off-policy selection + preference bootstrapping over offline pairs (Ko et al.; see the sera section); "
+        "'arm' = active reward modelling (Shen et al.): a Bradley-Terry MLP on the policy's embeddings, fitted on all earlier labels, "
+        "picks corpus_fraction * prompts same-prompt pairs by arm.strategy (see the arm section).",
     )
     entropy_per_token: bool = Field(False, description="Entropy / hybrid: per-token log-probs logp/|y| instead of sequence sums.")
     hybrid_fraction: float = Field(

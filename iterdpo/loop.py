@@ -234,7 +234,10 @@ def select(run: Run, k: int) -> dict:
     from iterdpo.selection.margin import select_margin
 
     cfg = run.cfg
-    key = key_of(inp=run.stage_key(k, "score"), select=cfg.select.model_dump(), seed=cfg.run.seed)
+    arm_inputs = {}
+    if cfg.select.selector == "arm":  # the reward model learns from every earlier label
+        arm_inputs = {"arm": cfg.arm.model_dump(), "labels": [run.stage_key(i, "annotate") for i in range(1, k)]}
+    key = key_of(inp=run.stage_key(k, "score"), select=cfg.select.model_dump(), seed=cfg.run.seed, **arm_inputs)
 
     def write(tmp: Path) -> dict:
         s = cfg.select
@@ -256,6 +259,10 @@ def select(run: Run, k: int) -> dict:
                 table = table.set_column(table.schema.get_field_index("selector"), "selector", pa.repeat(pa.scalar(f"apl:entropy/{'token' if s.entropy_per_token else 'sequence'}", pa.string()), table.num_rows))
             else:
                 table = select_margin(scored, instance="random", corpus="random", corpus_fraction=s.corpus_fraction, margin=s.margin, seed=seed)
+        elif s.selector == "arm":
+            scored = run.data(k, "score", "scored.parquet")
+            prompts = len(set(scored.column("prompt_id").to_pylist()))
+            table = _select_arm(run, k, scored, math.ceil(s.corpus_fraction * prompts), derived_seed(cfg, k, "select"))
         else:
             table = select_margin(
                 run.data(k, "score", "scored.parquet"), instance=s.instance, corpus=s.corpus,
@@ -266,6 +273,50 @@ def select(run: Run, k: int) -> dict:
         return {"pairs": table.num_rows, "mean_abs_margin": sum(m) / max(len(m), 1)}
 
     return _stage(run, k, "select", key, write)
+
+
+def _select_arm(run: Run, k: int, scored, count: int, seed: int):
+    """Active reward modelling picks which of this iteration's pairs to annotate (Shen et al.).
+
+    A Bradley-Terry MLP (``arm`` section) on pi_{k-1}'s embeddings, fitted on every pair
+    labelled in iterations 1..k-1 (re-embedded by pi_{k-1}), chooses ``count`` same-prompt
+    pairs of this iteration's responses by ``arm.strategy``; DPO needs both responses of a
+    pair to answer one prompt, so the pool is always in-prompt here.
+    """
+    import numpy as np
+    import pyarrow as pa
+
+    from iterdpo.selection import arm, arm_model, embed
+
+    cfg, a = run.cfg, run.cfg.arm
+    past = [run.data(i, "annotate", "pairs.parquet") for i in range(1, k)]
+    past_rows = {}
+    for p in (r for t in past for r in t.to_pylist()):
+        for side in ("chosen", "rejected"):
+            past_rows[p[f"{side}_id"]] = {
+                "prompt_id": p["prompt_id"], "completion_id": p[f"{side}_id"], "prompt": p["prompt"], "completion": p[side],
+                "num_tokens": 0, "finish_reason": "stop" if p[f"{side}_stopped"] else "length",
+            }
+    current = scored.select(records.COMPLETIONS.names).cast(records.COMPLETIONS)
+    responses = pa.concat_tables([current, records.from_rows(list(past_rows.values()), records.COMPLETIONS)])
+    emb = embed.policy_embeddings(
+        responses, run.policy(k - 1), tokenizer_path=cfg.model.tokenizer,
+        max_prompt_length=cfg.model.max_prompt_length, max_length=cfg.model.max_length,
+    )
+    model = arm_model.build_model(emb.shape[1], hidden=a.hidden, layers=a.layers, seed=seed)
+    labelled = None
+    if past_rows:
+        pairs = pa.concat_tables(past)
+        at = {cid: i for i, cid in enumerate(responses.column("completion_id").to_pylist())}
+        chosen = np.array([at[c] for c in pairs.column("chosen_id").to_pylist()])
+        rejected = np.array([at[c] for c in pairs.column("rejected_id").to_pylist()])
+        arm_model.fit_bradley_terry(model, emb[chosen], emb[rejected], np.ones(len(chosen)), epochs=a.epochs, lr=a.learning_rate, seed=seed)
+        labelled = pa.table({"a_id": pairs.column("chosen_id"), "b_id": pairs.column("rejected_id")})
+    pool = arm.candidate_pool(current, pool="in_prompt", size=a.pool_size, seed=seed)
+    return arm.select_arm(
+        embed.with_embeddings(responses, emb), strategy=a.strategy, count=count, model=model, pool=pool,
+        labelled=labelled, sigma=a.sigma, solver=a.solver, seed=seed,
+    )
 
 
 def annotate(run: Run, k: int) -> dict:
