@@ -433,7 +433,8 @@ def evaluate(run: Run, k: int) -> dict:
         base = run.data(None, "baseline", "completions.parquet")
         # both answer sets scored by pi_k and its training reference: KL and implicit-reward metrics
         kw = dict(tokenizer_path=cfg.model.tokenizer, model_cfg=cfg.model, beta=cfg.score.beta, batch_tokens=cfg.score.batch_tokens)
-        both = scoring.score(pa.concat_tables([answers, base]), policy, ref, **kw)  # one model load for both
+        # evaluate runs on rank 0 alone: score here, not sharded over the launch's processes
+        both = scoring.score(pa.concat_tables([answers, base]), policy, ref, local=True, **kw)  # one model load for both
         policy_scored, baseline_scored = both.slice(0, answers.num_rows), both.slice(answers.num_rows)
         records.write_table(policy_scored, tmp / "eval_scored.parquet")
         records.write_table(baseline_scored, tmp / "baseline_scored.parquet")

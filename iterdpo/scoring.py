@@ -135,11 +135,13 @@ def score(
     prev_ref_path: str | None = None,
     shard_dir: Path | None = None,
     shard_rows: int = 512,
+    local: bool = False,
 ) -> pa.Table | None:
     """Add log-probs and implicit rewards to a COMPLETIONS table (SCORED schema).
 
     Call it on every rank of a launch: each scores its shards; rank 0 returns the table,
-    the others None. ``prev_policy_path`` (with ``prev_ref_path``, None = no reference)
+    the others None. ``local=True`` scores everything in this process (for stages that run
+    on rank 0 alone, such as evaluation, while the other ranks wait elsewhere). ``prev_policy_path`` (with ``prev_ref_path``, None = no reference)
     fills the ``prev_*`` columns. ``shard_dir`` keeps finished shards across restarts; by
     default a temporary folder is used (single process only).
     """
@@ -147,7 +149,7 @@ def score(
 
     from iterdpo import distributed
 
-    rank, world = distributed.rank(), distributed.world_size()
+    rank, world = (0, 1) if local else (distributed.rank(), distributed.world_size())
     rows = completions.to_pylist()
     roles = {"policy": policy_path, "ref": ref_path, "prev_policy": prev_policy_path, "prev_ref": prev_ref_path}
     paths = list(dict.fromkeys(p for p in roles.values() if p is not None))  # distinct, in role order
@@ -160,7 +162,8 @@ def score(
     try:
         score_shards(rows, paths, Path(shard_dir), tokenizer_path=tokenizer_path, model_cfg=model_cfg,
                      batch_tokens=batch_tokens, shard_rows=shard_rows, rank=rank, world=world)
-        distributed.barrier()
+        if world > 1:
+            distributed.barrier()
         if rank != 0:
             return None
         got = {p: _gather(Path(shard_dir), p, len(rows), shard_rows) for p in paths}

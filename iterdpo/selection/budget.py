@@ -51,4 +51,8 @@ def budget_schedule(schedule: str | list[int], total: int | None = None, iterati
             j = max(range(iterations), key=lambda k: counts[k])
             counts[j] -= 1
             counts[i] = 1
+    # rounding and the >= 1 fix can leave a tie out of order (2, 2, 1, 0 -> 1, 2, 1, 1):
+    # the schedule's direction is its definition, so restore it
+    if schedule != "constant":
+        counts.sort(reverse=schedule == "decrease")
     return counts
