@@ -147,12 +147,22 @@ def _prompt_text(value: object, where: str) -> str:
     return value
 
 
-def _iter_rows(path: Path) -> Iterator[tuple[str, dict]]:
-    """Yield (location, row) from a .jsonl, .json or .parquet file of objects."""
+def _object(where: str, row: object) -> tuple[str, dict]:
+    if not isinstance(row, dict):
+        raise RecordError(f"{where}: expected an object, got {type(row).__name__}")
+    return where, row
+
+
+def iter_rows(path: Path) -> Iterator[tuple[str, dict]]:
+    """Yield (location, row) from a .jsonl, .json or .parquet file of objects.
+
+    The location names the file and the line (or row) for error messages; a row that is not
+    an object, bytes that are not UTF-8 and lines that are not JSON are errors naming it.
+    """
     suffix = path.suffix.lower()
     if suffix == ".parquet":
         for i, row in enumerate(pq.read_table(path).to_pylist()):
-            yield f"{path}: row {i}", row
+            yield _object(f"{path}: row {i}", row)
         return
     raw = path.read_bytes()
     try:
@@ -170,7 +180,7 @@ def _iter_rows(path: Path) -> Iterator[tuple[str, dict]]:
         if not isinstance(data, list):
             raise RecordError(f"{path}: a .json prompt file must hold a list of objects")
         for i, row in enumerate(data):
-            yield f"{path}: row {i}", row
+            yield _object(f"{path}: row {i}", row)
         return
     for lineno, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
@@ -179,7 +189,7 @@ def _iter_rows(path: Path) -> Iterator[tuple[str, dict]]:
             row = json.loads(line)
         except json.JSONDecodeError as e:
             raise RecordError(f"{path}: line {lineno}: not valid JSON: {e.msg}") from None
-        yield f"{path}: line {lineno}", row
+        yield _object(f"{path}: line {lineno}", row)
 
 
 def load_prompts(path: str | Path, source: str | None = None) -> pa.Table:
@@ -193,9 +203,7 @@ def load_prompts(path: str | Path, source: str | None = None) -> pa.Table:
     if not path.exists():
         raise RecordError(f"{path}: prompt file not found")
     rows, seen = [], set()
-    for where, row in _iter_rows(path):
-        if not isinstance(row, dict):
-            raise RecordError(f"{where}: expected an object, got {type(row).__name__}")
+    for where, row in iter_rows(path):
         if "prompt" not in row:
             raise RecordError(f"{where}, field 'prompt': missing (fields present: {sorted(row)})")
         text = _prompt_text(row["prompt"], where)
@@ -250,9 +258,7 @@ def load_preferences(path: str | Path) -> pa.Table:
     if not path.exists():
         raise RecordError(f"{path}: preference file not found")
     rows = []
-    for i, (where, row) in enumerate(_iter_rows(path)):
-        if not isinstance(row, dict):
-            raise RecordError(f"{where}: expected an object, got {type(row).__name__}")
+    for i, (where, row) in enumerate(iter_rows(path)):
         for field in ("prompt", "chosen", "rejected"):
             if field not in row:
                 raise RecordError(f"{where}, field '{field}': missing (fields present: {sorted(row)})")

@@ -93,17 +93,7 @@ def _read_rows(path: Path):
             for row in reader:
                 yield f"{path}: line {reader.line_num}", row
         return
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise RecordError(f"{path}: line {lineno}: not valid JSON: {e.msg}") from None
-            if not isinstance(row, dict):
-                raise RecordError(f"{path}: line {lineno}: expected an object, got {type(row).__name__}")
-            yield f"{path}: line {lineno}", row
+    yield from records.iter_rows(path)
 
 
 def read_labels(path: str | Path, candidates: pa.Table) -> dict[str, str]:
