@@ -540,28 +540,42 @@ def write_summary(run: Run) -> dict:
     return summary
 
 
-def run_all(cfg: Config) -> dict:
-    """Run (or resume) every iteration; returns the summary (rank 0 writes the run's files)."""
+def start_run(cfg: Config) -> tuple[Run, object | None]:
+    """Open the run directory (rank 0 writes its config) and the tracker (rank 0 only, else None)."""
     from iterdpo import distributed as dist
 
     run = Run(cfg)
-    main = dist.is_main()
-    if main:
-        run.rd.root.mkdir(parents=True, exist_ok=True)
-        (run.rd.root / "config.yaml").write_text(dump_config(cfg))
+    if not dist.is_main():
+        return run, None
+    run.rd.root.mkdir(parents=True, exist_ok=True)
+    (run.rd.root / "config.yaml").write_text(dump_config(cfg))
+    return run, make_tracker(run)
+
+
+def end_iteration(run: Run, k: int, tracker) -> None:
+    """After iteration k: rank 0 rewrites summary.json and logs the iteration to the tracker."""
+    if tracker is not None:
+        write_summary(run)
+        tracker.log_iteration(run, k)
+
+
+def finish_run(run: Run, tracker, start: float) -> dict:
+    """The summary; rank 0 also writes it, closes the tracker and prints the table."""
+    if tracker is None:
+        return summarize(run)
+    summary = write_summary(run)
+    tracker.finish(summary)
+    _log(f"finished {run.cfg.run.iterations} iteration(s) in {time.time() - start:.1f} s -> {run.rd.root / 'summary.json'}")
+    print(format_table(summary), flush=True)
+    return summary
+
+
+def run_all(cfg: Config) -> dict:
+    """Run (or resume) every iteration; returns the summary (rank 0 writes the run's files)."""
+    run, tracker = start_run(cfg)
     start = time.time()
-    tracker = make_tracker(run) if main else None
     for k in range(1, cfg.run.iterations + 1):
         for stage in STAGES:
             run_stage(run, stage, k)
-        if main:
-            write_summary(run)
-            tracker.log_iteration(run, k)
-    summary = summarize(run)
-    if not main:
-        return summary
-    summary = write_summary(run)
-    tracker.finish(summary)
-    _log(f"finished {cfg.run.iterations} iteration(s) in {time.time() - start:.1f} s -> {run.rd.root / 'summary.json'}")
-    print(format_table(summary), flush=True)
-    return summary
+        end_iteration(run, k, tracker)
+    return finish_run(run, tracker, start)

@@ -40,8 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 from iterdpo import distributed as dist  # noqa: E402
 from iterdpo import loop  # noqa: E402
-from iterdpo.config import ConfigError, dump_config, load_config  # noqa: E402
-from iterdpo.tracking import make_tracker  # noqa: E402
+from iterdpo.config import ConfigError, load_config  # noqa: E402
 
 ACQUISITIONS = ("certainty", "entropy", "hybrid", "random")
 
@@ -56,12 +55,8 @@ def main(argv: list[str] | None = None) -> dict:
     if cfg.select.selector not in ACQUISITIONS:
         raise ConfigError(f"{args.config}: select.selector: APL acquires with one of {ACQUISITIONS}, got {cfg.select.selector!r}")
 
-    run = loop.Run(cfg)
+    run, tracker = loop.start_run(cfg)  # rank 0 writes the run's config; W&B when run.report_to is 'wandb'
     main_rank = dist.is_main()  # under `accelerate launch` rank 0 owns the run's files
-    if main_rank:
-        run.rd.root.mkdir(parents=True, exist_ok=True)
-        (run.rd.root / "config.yaml").write_text(dump_config(cfg))
-    tracker = make_tracker(run) if main_rank else None
     if main_rank:
         s = cfg.select
         print(
@@ -80,18 +75,10 @@ def main(argv: list[str] | None = None) -> dict:
         loop.run_stage(run, "annotate", t)  # oracle labels for the M acquired pairs only
         loop.run_stage(run, "train", t)  # theta_t (from theta_0 on all labels with init=reset)
         loop.run_stage(run, "evaluate", t)  # theta_t vs theta_0 on held-out prompts
-        if main_rank:
-            loop.write_summary(run)
-            tracker.log_iteration(run, t)
-    if not main_rank:
-        return loop.summarize(run)
+        loop.end_iteration(run, t, tracker)  # rank 0: summary.json and the tracker
 
     # --- summary -----------------------------------------------------------------------
-    summary = loop.write_summary(run)
-    tracker.finish(summary)
-    print(f"[recipe] {cfg.run.iterations} acquisition step(s) in {time.time() - start:.1f} s -> {run.rd.root / 'summary.json'}")
-    print(loop.format_table(summary), flush=True)  # pairs_trained: the labelled set so far with init=reset
-    return summary
+    return loop.finish_run(run, tracker, start)  # rank 0 prints the table
 
 
 if __name__ == "__main__":

@@ -29,8 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 from iterdpo import distributed as dist  # noqa: E402
 from iterdpo import loop  # noqa: E402
-from iterdpo.config import ConfigError, dump_config, load_config  # noqa: E402
-from iterdpo.tracking import make_tracker  # noqa: E402
+from iterdpo.config import ConfigError, load_config  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -43,11 +42,9 @@ def main(argv: list[str] | None = None) -> dict:
     if cfg.select.selector != "sera":
         raise ConfigError(f"{args.config}: select.selector must be 'sera' for this recipe (got {cfg.select.selector!r})")
 
-    run = loop.Run(cfg)
+    run, tracker = loop.start_run(cfg)  # rank 0 writes the run's config; W&B when run.report_to is 'wandb'
     main_rank = dist.is_main()  # under `accelerate launch` rank 0 owns the run's files
     if main_rank:
-        run.rd.root.mkdir(parents=True, exist_ok=True)
-        (run.rd.root / "config.yaml").write_text(dump_config(cfg))
         s = cfg.sera
         print(
             f"[recipe] SeRA-{cfg.train.loss}: {cfg.run.iterations} iterations, offline={s.offline} "
@@ -55,7 +52,6 @@ def main(argv: list[str] | None = None) -> dict:
             f"beta={cfg.train.beta}",
             flush=True,
         )
-    tracker = make_tracker(run) if main_rank else None  # W&B when run.report_to is 'wandb'
 
     # --- the iterations ----------------------------------------------------------------
     # With select.selector 'sera', run_stage uses iterdpo.sera_stages for sample, select
@@ -68,18 +64,10 @@ def main(argv: list[str] | None = None) -> dict:
         loop.run_stage(run, "annotate", k)  # offline labels kept; bootstrapped pairs labelled by R_t
         loop.run_stage(run, "train", k)  # pi_k from pi_{k-1}, reference pi_{k-1}: its log-probs come from scoring
         loop.run_stage(run, "evaluate", k)  # pi_k vs pi_0 on held-out prompts
-        if main_rank:
-            loop.write_summary(run)
-            tracker.log_iteration(run, k)
-    if not main_rank:
-        return loop.summarize(run)
+        loop.end_iteration(run, k, tracker)  # rank 0: summary.json and the tracker
 
     # --- summary -----------------------------------------------------------------------
-    summary = loop.write_summary(run)
-    tracker.finish(summary)
-    print(f"[recipe] {cfg.run.iterations} iteration(s) in {time.time() - start:.1f} s -> {run.rd.root / 'summary.json'}")
-    print(loop.format_table(summary), flush=True)
-    return summary
+    return loop.finish_run(run, tracker, start)  # rank 0 prints the table
 
 
 if __name__ == "__main__":
