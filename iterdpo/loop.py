@@ -176,7 +176,7 @@ def _sample(run: Run, model: str, prompts, dest_name: str, k: int | None, n: int
     def write(tmp: Path) -> dict:
         params = SamplingParams(n=n, temperature=temperature, top_p=cfg.sample.top_p, top_k=cfg.sample.top_k, max_tokens=max_tokens, seed=seed, stop=tuple(cfg.sample.stop))
         sampler = get_sampler(cfg.sample.backend)
-        table = sampler(model, prompts, params, run.rd.partial(path), model_cfg=cfg.model, batch_size=cfg.sample.batch_size, progress=dest_name, sample_cfg=cfg.sample)
+        table = sampler(model, prompts, params, run.rd.partial(path) / key, model_cfg=cfg.model, batch_size=cfg.sample.batch_size, progress=dest_name, sample_cfg=cfg.sample)
         table, extra = postprocess(table, empty=cfg.sample.empty, duplicates=cfg.sample.duplicates)
         records.write_table(table, tmp / "completions.parquet")
         stops = sum(f == "stop" for f in table.column("finish_reason").to_pylist())

@@ -118,7 +118,7 @@ def test_sigkill_in_sampling_and_training_then_resume(reference_run, tmp_path):
     cfg.write_text(TINY.format(name="killed", out=tmp_path))
     root = tmp_path / "killed"
     # 1) killed in the middle of iteration 1's sampling: finished shards exist, the stage does not
-    kill_when(cfg, lambda: len(list((root / "iter_1" / ".sample.partial").glob("*.parquet"))) >= 2)
+    kill_when(cfg, lambda: len(list((root / "iter_1" / ".sample.partial").rglob("*.parquet"))) >= 2)
     assert not (root / "iter_1" / "sample").exists()
     # 2) resumed, then killed in the middle of iteration 2's training
     kill_when(cfg, lambda: (root / "iter_2" / ".train.tmp").exists())
@@ -126,3 +126,22 @@ def test_sigkill_in_sampling_and_training_then_resume(reference_run, tmp_path):
     log = finish(cfg)
     assert "iter 1 sample: done already" in log and "iter 2 train: running" in log
     same(results(root), results(ref_root))
+
+
+def test_killed_sampling_resumed_with_another_config_resamples(tmp_path):
+    """Finished shards of a killed stage are keyed by its config: a resume with another
+    sampling config must not fold the old shards in (here T=1 shards into a greedy stage)."""
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(TINY.format(name="changed", out=tmp_path))
+    root = tmp_path / "changed"
+    kill_when(cfg, lambda: len(list((root / "iter_1" / ".sample.partial").rglob("*.parquet"))) >= 2)
+    p = subprocess.run(
+        [sys.executable, "-m", "iterdpo", "sample", "--iteration", "1", "--config", str(cfg), "sample.temperature=0"],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert p.returncode == 0, p.stdout + p.stderr
+    rows = pq.read_table(root / "iter_1" / "sample" / "completions.parquet").to_pylist()
+    distinct: dict[str, set] = {}
+    for r in rows:
+        distinct.setdefault(r["prompt_id"], set()).add(r["completion"])
+    assert len(distinct) == 32 and all(len(v) == 1 for v in distinct.values())  # greedy everywhere

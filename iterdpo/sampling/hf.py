@@ -71,11 +71,13 @@ def sample_hf(
                 top_p=None if greedy else params.top_p,
                 top_k=None if greedy else (params.top_k or None),
                 max_new_tokens=params.max_tokens,
-                num_return_sequences=params.n,
+                num_return_sequences=1 if greedy else params.n,
                 pad_token_id=pad,
                 eos_token_id=eos,
                 **extra,
             )
+        if greedy:  # generate() refuses n > 1 without sampling; the n greedy samples are one, repeated (as vLLM returns them)
+            out = out.repeat_interleave(params.n, dim=0)
         gen = out[:, width:].tolist()  # [B * n, <= max_tokens]; row b*n + k is sample k of prompt b
         out_rows, all_ids, mismatch = [], [], 0
         for j, toks in enumerate(gen):
