@@ -544,6 +544,7 @@ def start_run(cfg: Config) -> tuple[Run, object | None]:
     """Open the run directory (rank 0 writes its config) and the tracker (rank 0 only, else None)."""
     from iterdpo import distributed as dist
 
+    eval_judge_name(cfg)  # a config without a judge fails here, not after the first iteration's training
     run = Run(cfg)
     if not dist.is_main():
         return run, None

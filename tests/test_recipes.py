@@ -14,6 +14,7 @@ import pytest
 
 from iterdpo.config import load_config
 from iterdpo.hub import parse_spec
+from iterdpo.loop import eval_judge_name
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = sorted((ROOT / "recipes" / "configs").glob("*/*.yaml"))
@@ -31,8 +32,10 @@ def test_config_validates(path):
     for spec in (cfg.data.prompts, cfg.data.eval_prompts):
         if spec.startswith("hf:"):
             parse_spec(spec)
-    if path.parent.name != "toy":  # real setups name hub models, never the toy one
+    if path.parent.name != "toy":  # real setups name hub models, never the toy one or its gold reward
         assert cfg.model.name_or_path != "toy" and "/" in cfg.model.name_or_path
+        assert cfg.annotate.annotator != "gold"
+    eval_judge_name(cfg)  # evaluation has a judge: start_run checks this before any work
 
 
 @pytest.mark.slow
