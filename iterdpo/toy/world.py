@@ -3,7 +3,7 @@ a biased offline preference set and a gold reward model (task: :mod:`iterdpo.toy
 
 ``ensure_world(seed)`` returns the cache folder::
 
-    <cache>/world-v1-seed<seed>/          (world-v1-<size>-seed<seed> for other sizes)
+    <cache>/world-v2-seed<seed>/          (world-v2-<size>-seed<seed> for other sizes)
       sft/                   tokenizer + LlamaForCausalLM: pretrained, then SFT warm-up (save_pretrained)
       gold_rm/               tokenizer + LlamaForSequenceClassification (num_labels=1), Bradley-Terry on gold labels
       prompts_train.jsonl    1744 prompts (fixed split, same for every seed)
@@ -41,9 +41,9 @@ from pathlib import Path
 from iterdpo.toy import world_task as task
 from iterdpo.toy.build import build_tokenizer, cache_root, warm_up
 
-VERSION = "world-v1"
+VERSION = "world-v2"
 SIZES: dict[str, dict] = {
-    "full": dict(hidden=128, layers=4, vocab=1024, pretrain_steps=250, pretrain_batch=32, sft_steps=300,
+    "full": dict(hidden=128, layers=2, vocab=1024, pretrain_steps=300, pretrain_batch=32, sft_steps=500,
                  sft_examples=8000, rm_pairs=4000, rm_steps=200, rm_batch=32, rm_eval_pairs=500),
     "tiny": dict(hidden=32, layers=1, vocab=512, pretrain_steps=8, pretrain_batch=8, sft_steps=8,
                  sft_examples=300, rm_pairs=64, rm_steps=4, rm_batch=8, rm_eval_pairs=40),
@@ -232,7 +232,7 @@ def _build(dest: Path, seed: int, size: str) -> dict:
 
     # 3. SFT warm-up
     t0 = time.time()
-    sft_losses = warm_up(model, tokenizer, examples, seed=seed, steps=z["sft_steps"], lr=2e-3)
+    sft_losses = warm_up(model, tokenizer, examples, seed=seed, steps=z["sft_steps"], lr=3e-3)
     timings["sft_seconds"] = round(time.time() - t0, 1)
     sft = dest / "sft"
     model.save_pretrained(sft)

@@ -16,14 +16,16 @@ the gold reward is::
     cover  = mean_{t in T} ( 0.5 [t in W] + 0.25 min(|D(t) & W|, 2) )          in [0, 1]
     tone   = s_kind * w_kind * clip((|POS & W| - |NEG & W|) / 3, -1, 1)        in [-1, 1]
              s = +1 (describe, compare, praise), -1 (warn); w = 0.5 (describe, compare), 1 (praise, warn)
-    rep    = 0.2 * min(n - |W|, 5)                                              in [0, 1]   (repeated words)
+    rep    = 0.2 * min(#repeats of content words, 5)                           in [0, 1]   (keyword stuffing)
     off    = min(|OFF(T) & W|, 3) / 3                                           in [0, 1]   (other topics' words)
     gold   = cover + tone - rep - off                                           in [-3, 2]
 
-and -1 for an empty response. Every term counts *distinct* words against fixed caps,
-so length itself earns nothing: a new filler word leaves gold unchanged, and repeating
-any word already present never raises it (``rep`` grows, nothing else moves). The best
-answers need only 6-9 words. Length is nevertheless a spurious feature of the data: the
+where content words are the topic, detail and tone words (``n_c - |W_c|`` for the
+content words' count ``n_c`` and distinct set ``W_c``; filler may repeat freely), and -1
+for an empty response. Every term counts *distinct* words against fixed caps, so length
+itself earns nothing: filler leaves gold unchanged, and repeating any word already
+present never raises it (``rep`` grows or stays, nothing else moves). The best answers
+need only 6-9 words. Length is nevertheless a spurious feature of the data: the
 warm-up (SFT) responses have 4-40 words, independently of their quality, and the biased
 annotator of :func:`offline_pairs` prefers the longer response in a set share of pairs.
 """
@@ -78,6 +80,7 @@ TEMPLATES: dict[str, list[str]] = {
 TONE = {"describe": (1, 0.5), "compare": (1, 0.5), "praise": (1, 1.0), "warn": (-1, 1.0)}  # (sign, weight)
 _POS, _NEG = set(POSITIVE), set(NEGATIVE)
 _OWNER = {w: t for t, ds in TOPICS.items() for w in (t, *ds)}  # topic or detail word -> its topic
+_CONTENT = set(_OWNER) | _POS | _NEG
 
 
 def all_prompts() -> list[dict]:
@@ -130,7 +133,8 @@ def gold_terms(prompt: str, response: str) -> dict[str, float]:
     cover = sum(0.5 * (t in distinct) + 0.25 * min(len(distinct.intersection(TOPICS[t])), 2) for t in topics) / max(len(topics), 1)
     sign, weight = TONE[info["kind"]]
     tone = sign * weight * max(-1.0, min(1.0, (len(distinct & _POS) - len(distinct & _NEG)) / 3))
-    rep = 0.2 * min(len(words) - len(distinct), 5)
+    content = [w for w in words if w in _CONTENT]
+    rep = 0.2 * min(len(content) - len(set(content)), 5)
     off = min(sum(1 for w in distinct if w in _OWNER and _OWNER[w] not in topics), 3) / 3
     return {"cover": cover, "tone": tone, "rep": rep, "off": off}
 
@@ -148,8 +152,9 @@ def sft_response(rng: random.Random, info: dict, min_words: int = 4, max_words: 
 
     Length (log-uniform in [min_words, max_words]) and a skill s ~ U(0, 1) are drawn
     independently; s sets how many topic and detail words appear, whether tone words fit
-    the instruction, and how many off-topic words and repeats slip in. The rest of the
-    length is distinct filler, so gold is spread widely at every length.
+    the instruction, and how many off-topic words and repeated content words slip in.
+    The content words come first (in random order), the rest of the length is filler, so
+    gold is spread widely at every length.
     """
     n = round(math.exp(rng.uniform(math.log(min_words), math.log(max_words))))
     s = rng.random()
@@ -169,12 +174,10 @@ def sft_response(rng: random.Random, info: dict, min_words: int = 4, max_words: 
         content.append(rng.choice(TOPICS[other]) if rng.random() < 0.5 else other)
     rng.shuffle(content)
     content = content[:n]
-    repeats = min(sum(rng.random() < 0.5 * (1 - s) for _ in range(4)), max(n - len(content), 0))
-    fill = rng.sample(FILLER, max(n - len(content) - repeats, 0))
-    words = content + fill
-    words += [rng.choice(words) for _ in range(repeats)] if words else []
-    rng.shuffle(words)
-    return " ".join(words)
+    repeats = min(sum(rng.random() < 0.5 * (1 - s) for _ in range(4)), n - len(content)) if content else 0
+    content += [rng.choice(content) for _ in range(repeats)]
+    rng.shuffle(content)
+    return " ".join(content + rng.choices(FILLER, k=n - len(content)))
 
 
 def offline_pairs(seed: int = 0, length_bias: float = 0.3, noise: float = 0.0, size: int | None = None,

@@ -160,7 +160,7 @@ def test_tiny_world_builds_and_runs_one_iteration(tmp_path, monkeypatch):
 
     monkeypatch.setenv("ITERDPO_CACHE", str(tmp_path / "cache"))
     world = ensure_world(0, "tiny")
-    assert world.name == "world-v1-tiny-seed0" and ensure_world(0, "tiny") == world
+    assert world.name == "world-v2-tiny-seed0" and ensure_world(0, "tiny") == world
     stats = json.loads((world / "build.json").read_text())
     assert 0.0 <= stats["rm_heldout_pairwise_accuracy"] <= 1.0 and stats["size"] == "tiny"
     AutoModelForCausalLM.from_pretrained(world / "sft")
