@@ -8,9 +8,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from selection_strategies import same, scored_tables, shuffled
+from test_sera import offline_sets
 
 from iterdpo import records
-from iterdpo.selection import stream
+from iterdpo.selection import apl, sera, stream
 from iterdpo.selection.margin import select_margin, stream_margin
 
 ORDERS = ["smallest", "largest", "random"]
@@ -140,3 +141,48 @@ def test_write_parquet_is_atomic_and_batched(tmp_path):
     with pytest.raises(RuntimeError):
         stream.write_parquet(failing(), tmp_path / "bad.parquet", schema=t.schema)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.parquet"]
+
+
+@settings(max_examples=50, deadline=None)
+@given(scored_tables(max_prompts=10), st.integers(0, 12), st.booleans(), st.integers(0, 3), cut_lists, st.randoms(use_true_random=False))
+def test_apl_stream_equals_in_memory(table, count, per_token, seed, cuts, rnd):
+    t = shuffled(table, prompt_order_perm(table, rnd))
+    ref = apl.select_entropy(table, count=count, per_token=per_token, seed=seed)
+    assert same(ref, apl.select_entropy(split(t, cuts), count=count, per_token=per_token, seed=seed))
+    assert same(apl.select_certainty(table, count=count, seed=seed), apl.select_certainty(split(t, cuts), count=count, seed=seed))
+    some = ref.column("prompt_id")
+    assert same(apl.select_certainty(table, count=count, seed=seed, prompts=some),
+                apl.select_certainty(split(t, cuts), count=count, seed=seed, prompts=some))
+
+
+@settings(max_examples=50, deadline=None)
+@given(offline_sets(), st.one_of(st.none(), st.integers(0, 10)), st.sampled_from([0.0, 0.3]), st.integers(0, 3), cut_lists,
+       st.randoms(use_true_random=False))
+def test_sera_offline_stream_equals_in_memory(data, k1, lam, seed, cuts, rnd):
+    pairs, scored = data
+    ref = sera.select_offline(pairs, scored, k1=k1, lam=lam, seed=seed)
+    perm = list(range(pairs.num_rows))
+    rnd.shuffle(perm)  # pairs need no grouping: any order streams
+    p = shuffled(pairs, perm)
+    assert same(ref, sera.select_offline(split(p, cuts), scored, k1=k1, lam=lam, seed=seed))
+    assert same(ref, sera._stream_offline(p, scored, k1=k1, k1_fraction=0.7, lam=lam, loss="dpo", seed=seed, batch_size=cuts[0]))
+
+
+@settings(max_examples=50, deadline=None)
+@given(scored_tables(max_prompts=10, max_n=5), st.one_of(st.none(), st.integers(0, 10)), st.sampled_from(["dpo", "simpo"]), st.integers(0, 3),
+       cut_lists, st.randoms(use_true_random=False))
+def test_sera_bootstrap_stream_equals_in_memory(table, k2, loss, seed, cuts, rnd):
+    t = shuffled(table, prompt_order_perm(table, rnd))
+    ref = sera.select_bootstrap(table, k2=k2, loss=loss, seed=seed)
+    assert same(ref, sera.select_bootstrap(split(t, cuts), k2=k2, loss=loss, seed=seed))
+    assert same(ref, sera._stream_bootstrap(t, k2=k2, k2_fraction=None, lam=0.0, loss=loss, seed=seed, batch_size=cuts[0]))
+
+
+def test_sera_streams_offline_pairs_from_parquet(tmp_path):
+    n = 50
+    pairs = pa.table({"prompt_id": [f"p{(i * 7) % n:02d}" for i in range(n)], "chosen_id": [f"c{i}" for i in range(n)],
+                      "rejected_id": [f"r{i}" for i in range(n)], "chosen_reward": [float(i % 9) for i in range(n)],
+                      "rejected_reward": [float(i % 4) for i in range(n)]})
+    pq.write_table(pairs, tmp_path / "pairs.parquet", row_group_size=8)
+    for it in (2, 3):
+        assert same(sera.select_sera(it, pairs), sera.select_sera(it, tmp_path / "pairs.parquet"))
