@@ -280,7 +280,7 @@ def simulate(a) -> None:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--case", choices=["margin", "dopt", "sera", "arm", "simulate", "memory", "memory-child", "all"], default="all")
-    p.add_argument("--batch-rows", type=int, default=65_536, help="rows per read batch of the streaming path (memory case)")
+    p.add_argument("--batch-rows", type=int, default=8_192, help="rows per read batch of the streaming path (memory case)")
     p.add_argument("--mode", choices=["whole", "stream"], help=argparse.SUPPRESS)
     p.add_argument("--path", help=argparse.SUPPRESS)
     p.add_argument("--out", help=argparse.SUPPRESS)
