@@ -8,6 +8,15 @@ Cases:
 - ``margin``: SCORED rows of ``prompts x n`` responses -> all n(n-1)/2 pairs per prompt
   (35,715 x 8 -> 1,000,020 pairs), instance ``smallest`` + corpus ``smallest`` 50%,
   read from a Parquet file (so column reading is included).
+- ``memory`` (not part of ``all``): the same margin selection, Parquet file on disk ->
+  candidates file on disk, once through the streaming path (``select_margin(path)``:
+  ``iter_batches`` + bounded heap + ``ParquetWriter``) and once through the previous
+  whole-table path (read the needed columns whole, select in memory, write at once), each
+  in a fresh subprocess (after a warm-up on 800 rows): wall time, peak RSS of the selection (VmHWM after resetting it
+  through ``/proc/self/clear_refs`` once the imports are done, minus VmRSS then;
+  ``ru_maxrss`` cannot be reset and a child inherits its parent's across fork/exec, so it
+  only serves where clear_refs is missing), and Arrow's peak pool allocation
+  (``pyarrow.default_memory_pool().max_memory()``).
 - ``dopt``: greedy D-optimal design with Sherman-Morrison updates over ``candidates``
   feature differences of ``dim`` dims, choosing ``choose`` (plus the top-c comparison).
 - ``sera``: SeRA offline selection over ``pairs`` offline pairs + bootstrapping over
@@ -23,7 +32,10 @@ Prints one line per case: name, sizes, seconds (best of ``--repeat``).
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import resource
+import subprocess
 import sys
 import tempfile
 import time
@@ -31,6 +43,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -56,6 +69,7 @@ def scored_table(prompts: int, n: int, seed: int = 0) -> pa.Table:
             "finish_reason": pa.repeat(pa.scalar("stop"), prompts * n),
             "policy_logp": -ntok.astype(float), "ref_logp": -ntok.astype(float) - reward / 0.1,
             "reward": reward, "reward_norm": reward / ntok, "reward_simpo": -0.1 * np.ones(prompts * n),
+            **{c: np.full(prompts * n, np.nan) for c in ("prev_policy_logp", "prev_ref_logp", "prev_reward")},  # not scored
         },
         schema=records.SCORED,
     )
@@ -79,6 +93,82 @@ def bench_margin(a) -> None:
         out = []
         s = best_of(lambda: out.append(select_margin(path, instance="smallest", corpus="smallest", corpus_fraction=0.5)), a.repeat)
     print(f"margin   {a.prompts} prompts x {a.n} = {pairs:,} candidate pairs -> {out[-1].num_rows:,} kept: {s:.2f} s")
+
+
+def _rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+
+
+def _status_mib(field: str) -> float:
+    """VmRSS (now) or VmHWM (peak) of this process from /proc, in MiB."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError(f"no {field} in /proc/self/status")
+
+
+def _reset_peak() -> bool:
+    """Reset the peak-RSS mark (Linux >= 4.0: ``echo 5 > /proc/self/clear_refs``), so the
+    peak measures the selection, not the imports before it (ru_maxrss cannot be reset)."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
+def memory_child(a) -> None:
+    """One path in this (fresh) process; prints a JSON line."""
+    from iterdpo.selection import stream
+    from iterdpo.selection.margin import MARGIN_COLUMNS
+
+    pool = pa.default_memory_pool()
+    kw = dict(instance="smallest", corpus="smallest", corpus_fraction=0.5)
+    # warm-up on the first 800 rows: loads the code pages of the Arrow kernels both paths use,
+    # so the peak below measures data, not libraries
+    small = Path(a.out).with_name(f"warm-{a.mode}.parquet")
+    pq.write_table(pa.Table.from_batches([next(pq.ParquetFile(a.path).iter_batches(batch_size=800))]), small)
+    select_margin(small, **kw)
+    select_margin(pq.read_table(small), **kw)
+    reset = _reset_peak()
+    before = _status_mib("VmRSS") if reset else _rss_mib()
+    t = time.perf_counter()
+    out = Path(a.out)
+    if a.mode == "stream":
+        table = select_margin(a.path, batch_size=a.batch_rows, **kw)
+        stream.write_parquet(table, out)
+    else:  # the previous path: the needed columns whole, in-memory selection, one write
+        cols = ["prompt_id", "completion_id", "completion", MARGIN_COLUMNS["sum"]]
+        table = select_margin(base.read_columns(a.path, cols), **kw)
+        records.write_table(table, out)
+    s = time.perf_counter() - t
+    print(json.dumps({"mode": a.mode, "seconds": s, "kept": table.num_rows, "rss_before_mib": before,
+                      "peak_rss_mib": _status_mib("VmHWM") if reset else _rss_mib(),
+                      "arrow_peak_mib": pool.max_memory() / 2**20}))
+
+
+def bench_memory(a) -> None:
+    table = scored_table(a.prompts, a.n)
+    pairs = a.prompts * a.n * (a.n - 1) // 2
+    with tempfile.TemporaryDirectory() as d:
+        path = Path(d) / "scored.parquet"
+        records.write_table(table, path)
+        size = path.stat().st_size / 2**20
+        del table
+        res = {}
+        for mode in ("whole", "stream"):
+            cmd = [sys.executable, __file__, "--case", "memory-child", "--mode", mode, "--path", str(path), "--out", str(Path(d) / f"{mode}.parquet"), "--batch-rows", str(a.batch_rows)]
+            line = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1]
+            res[mode] = json.loads(line)
+        same = pq.read_table(Path(d) / "whole.parquet").equals(pq.read_table(Path(d) / "stream.parquet"))
+    print(f"memory   {a.prompts:,} prompts x {a.n} = {a.prompts * a.n:,} rows ({size:.1f} MiB Parquet) = {pairs:,} candidate pairs, "
+          f"batch {a.batch_rows:,} rows; identical output: {same}")
+    for mode, r in res.items():
+        print(f"  {mode:6s} {r['seconds']:.2f} s, kept {r['kept']:,}; peak RSS {r['peak_rss_mib']:.0f} MiB "
+              f"(+{r['peak_rss_mib'] - r['rss_before_mib']:.0f} over {r['rss_before_mib']:.0f} after imports); Arrow peak {r['arrow_peak_mib']:.0f} MiB")
+    w, s_ = res["whole"], res["stream"]
+    print(f"  ratio whole/stream: RSS growth {(w['peak_rss_mib'] - w['rss_before_mib']) / max(s_['peak_rss_mib'] - s_['rss_before_mib'], 1e-9):.1f}x, "
+          f"Arrow peak {w['arrow_peak_mib'] / max(s_['arrow_peak_mib'], 1e-9):.1f}x, time {w['seconds'] / s_['seconds']:.2f}x")
 
 
 def bench_dopt(a) -> None:
@@ -189,7 +279,11 @@ def simulate(a) -> None:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--case", choices=["margin", "dopt", "sera", "arm", "simulate", "all"], default="all")
+    p.add_argument("--case", choices=["margin", "dopt", "sera", "arm", "simulate", "memory", "memory-child", "all"], default="all")
+    p.add_argument("--batch-rows", type=int, default=8_192, help="rows per read batch of the streaming path (memory case)")
+    p.add_argument("--mode", choices=["whole", "stream"], help=argparse.SUPPRESS)
+    p.add_argument("--path", help=argparse.SUPPRESS)
+    p.add_argument("--out", help=argparse.SUPPRESS)
     p.add_argument("--rounds", type=int, default=4)
     p.add_argument("--batch", type=int, default=125)
     p.add_argument("--seeds", type=int, default=2)
@@ -202,12 +296,17 @@ def main() -> None:
     p.add_argument("--pairs", type=int, default=100_000)
     p.add_argument("--repeat", type=int, default=1)
     a = p.parse_args()
-    print(f"cpu cores visible: {os.cpu_count()}, affinity: {len(os.sched_getaffinity(0))}")
+    if a.case != "memory-child":
+        print(f"cpu cores visible: {os.cpu_count()}, affinity: {len(os.sched_getaffinity(0))}")
     for case, fn in (("margin", bench_margin), ("dopt", bench_dopt), ("sera", bench_sera), ("arm", bench_arm)):
         if a.case in (case, "all"):
             fn(a)
     if a.case == "simulate":
         simulate(a)
+    if a.case == "memory":
+        bench_memory(a)
+    if a.case == "memory-child":
+        memory_child(a)
 
 
 if __name__ == "__main__":

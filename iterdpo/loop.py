@@ -243,6 +243,7 @@ def score(run: Run, k: int) -> dict:
 def select(run: Run, k: int) -> dict:
     import pyarrow as pa
 
+    from iterdpo.selection import stream
     from iterdpo.selection.margin import select_margin
 
     cfg = run.cfg
@@ -253,13 +254,14 @@ def select(run: Run, k: int) -> dict:
 
     def write(tmp: Path) -> dict:
         s = cfg.select
+        # margin and APL selectors stream scored.parquet batch by batch (selection/stream.py);
+        # ARM needs the responses' texts and embeddings in memory
+        path = run.rd.stage(k, "score") / "scored.parquet"
         if s.selector in ("certainty", "entropy", "hybrid", "random"):  # APL (Muldrew et al.): one pair per kept prompt
-            import pyarrow.compute as pc
-
             from iterdpo.selection import apl
 
-            scored = run.data(k, "score", "scored.parquet")
-            prompts = pc.count_distinct(scored.column("prompt_id")).as_py()
+            scored = path
+            prompts = stream.count_runs(path, "prompt_id", str(path))  # prompts are contiguous: runs = prompts
             count, seed = math.ceil(s.corpus_fraction * prompts), derived_seed(cfg, k, "select")
             if s.selector == "certainty":
                 table = apl.select_certainty(scored, count=count, margin=s.margin, seed=seed)
@@ -277,10 +279,10 @@ def select(run: Run, k: int) -> dict:
             table = _select_arm(run, k, scored, math.ceil(s.corpus_fraction * prompts), derived_seed(cfg, k, "select"))
         else:
             table = select_margin(
-                run.data(k, "score", "scored.parquet"), instance=s.instance, corpus=s.corpus,
+                path, instance=s.instance, corpus=s.corpus,
                 corpus_fraction=s.corpus_fraction, margin=s.margin, seed=derived_seed(cfg, k, "select"),
             )
-        records.write_table(table, tmp / "candidates.parquet")
+        stream.write_parquet(table, tmp / "candidates.parquet")
         m = table.column("margin").to_pylist()
         return {"pairs": table.num_rows, "mean_abs_margin": sum(m) / max(len(m), 1)}
 

@@ -3,7 +3,9 @@
 Every selector is a plain function registered by name in :data:`SELECTORS`. Given the
 same inputs and seed it returns the same selection whatever the input row order: rows
 are put in a canonical order by their ids and ties are broken by a seeded hash of the
-ids (:mod:`iterdpo.selection.base`).
+ids (:mod:`iterdpo.selection.base`). Given a :class:`pyarrow.Table` a selector computes in
+memory; given a Parquet path or a record-batch reader the margin, APL and SeRA selectors
+stream it batch by batch with the same result (:mod:`iterdpo.selection.stream`).
 
 ==================  ==========================================================  ======
 name                what                                                        paper

@@ -70,13 +70,14 @@ def _require(names: list[str], columns: list[str], where: str) -> None:
         raise records.RecordError(f"{where}: missing column(s) {missing}; has {list(names)}")
 
 
-def float_column(table: pa.Table, name: str, where: str) -> np.ndarray:
-    """A float64 column as numpy; nulls and NaNs raise an error naming the first bad row."""
+def float_column(table: pa.Table, name: str, where: str, offset: int = 0) -> np.ndarray:
+    """A float64 column as numpy; nulls and NaNs raise an error naming the first bad row
+    (``offset + i``: a streamed chunk passes the source row of its first row)."""
     arr = table.column(name)
     values = np.asarray(pc.fill_null(pc.cast(arr, pa.float64()), np.nan).to_numpy(), dtype=np.float64)
     bad = np.flatnonzero(~np.isfinite(values))
     if bad.size:
-        raise records.RecordError(f"{where}: row {int(bad[0])}, field {name!r}: not a finite number ({values[bad[0]]})")
+        raise records.RecordError(f"{where}: row {offset + int(bad[0])}, field {name!r}: not a finite number ({values[bad[0]]})")
     return values
 
 

@@ -39,16 +39,25 @@ Output (:data:`SERA_PAIRS`): ``prompt_id, chosen_id, rejected_id, margin`` (sign
 ensemble IRM), ``source`` (``offline`` | ``bootstrap``), ``selector``. Offline pairs keep
 their labels (``label_source = offline``); bootstrapped pairs are self-labelled
 (``label_source = implicit``).
+
+Streaming: given a Parquet path or record-batch reader, :func:`select_offline` reads the
+offline pairs batch by batch into a heap of the top ``k1`` (``|D|`` comes from the
+Parquet footer), and :func:`select_bootstrap` reads the samples prompt by prompt into a
+heap of the top ``k2`` (:mod:`iterdpo.selection.stream`). Looking rewards up by id in a
+separate SCORED table of the offline responses keeps that ``(id, reward)`` map in memory.
+Iteration 1 returns the whole of ``D`` (sorted), which is in memory by nature.
 """
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from iterdpo import records
-from iterdpo.selection import base
+from iterdpo.selection import base, stream
 
 SERA_PAIRS = pa.schema(
     [
@@ -100,25 +109,33 @@ def _table(prompt_ids, chosen, rejected, margins, source: str, selector: str) ->
     )
 
 
-def _offline_rewards(pairs: pa.Table, scored: base.Source | None, cur: str, prev: str, lam: float, where: str) -> tuple[np.ndarray, np.ndarray]:
-    """Ensemble rewards of each pair's chosen and rejected response."""
+def _offline_rewards(pairs: pa.Table, scored: base.Source | None, cur: str, prev: str, lam: float, where: str, offset: int = 0,
+                     lookup: tuple[pa.Table, np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Ensemble rewards of each pair's chosen and rejected response (``offset``: source row
+    of the first pair, for errors; ``lookup``: :func:`_lookup_table` of ``scored``, reused)."""
     if scored is None:
         need = [f"chosen_{cur}", f"rejected_{cur}"] + ([f"prev_chosen_{cur}", f"prev_rejected_{cur}"] if lam else [])
         base._require(pairs.column_names, need, where)
-        rc, rr = (base.float_column(pairs, c, where) for c in need[:2])
-        pc_, pr_ = (base.float_column(pairs, c, where) for c in need[2:]) if lam else (None, None)
+        rc, rr = (base.float_column(pairs, c, where, offset) for c in need[:2])
+        pc_, pr_ = (base.float_column(pairs, c, where, offset) for c in need[2:]) if lam else (None, None)
         return ensemble(rc, pc_, lam), ensemble(rr, pr_, lam)
-    sc = base.read_columns(scored, ["completion_id", cur] + ([prev] if lam else []), "scored offline responses")
-    r = ensemble(base.float_column(sc, cur, "scored offline responses"), base.float_column(sc, prev, "scored offline responses") if lam else None, lam)
+    sc, r = lookup if lookup is not None else _lookup_table(scored, cur, prev, lam)
     out = []
     for side in ("chosen_id", "rejected_id"):
         idx = pc.index_in(pairs.column(side), value_set=sc.column("completion_id").combine_chunks())
         missing = np.flatnonzero(np.asarray(pc.is_null(idx).to_numpy(zero_copy_only=False)))
         if missing.size:
             i = int(missing[0])
-            raise records.RecordError(f"{where}: row {i}, field {side!r}: {pairs.column(side)[i].as_py()!r} is not in the scored offline responses")
+            raise records.RecordError(f"{where}: row {offset + i}, field {side!r}: {pairs.column(side)[i].as_py()!r} is not in the scored offline responses")
         out.append(r[np.asarray(idx.to_numpy(zero_copy_only=False), dtype=np.int64)])
     return out[0], out[1]
+
+
+def _lookup_table(scored: base.Source, cur: str, prev: str, lam: float) -> tuple[pa.Table, np.ndarray]:
+    """``(completion_id column, ensemble reward)`` of the scored offline responses."""
+    sc = base.read_columns(scored, ["completion_id", cur] + ([prev] if lam else []), "scored offline responses")
+    r = ensemble(base.float_column(sc, cur, "scored offline responses"), base.float_column(sc, prev, "scored offline responses") if lam else None, lam)
+    return sc, r
 
 
 def select_offline(
@@ -130,12 +147,16 @@ def select_offline(
     lam: float = 0.0,
     loss: str = "dpo",
     seed: int = 0,
+    batch_size: int = stream.BATCH,
 ) -> pa.Table:
     """Off-policy selection: the ``k1`` offline pairs with the largest oriented ensemble IRM.
 
     ``k1`` defaults to ``ceil(k1_fraction * |D|)``. Returns SERA_PAIRS rows, source
-    ``offline``, sorted by ``(prompt_id, chosen_id, rejected_id)``.
+    ``offline``, sorted by ``(prompt_id, chosen_id, rejected_id)``. A path or reader is
+    streamed (``batch_size`` rows a batch).
     """
+    if not isinstance(pairs, pa.Table):
+        return _stream_offline(pairs, scored, k1=k1, k1_fraction=k1_fraction, lam=lam, loss=loss, seed=seed, batch_size=batch_size)
     cur, prev = reward_columns(loss)
     optional = tuple(f"{p}{s}_{cur}" for p in ("", "prev_") for s in ("chosen", "rejected"))
     table = base.read_columns(pairs, ["prompt_id", "chosen_id", "rejected_id"], "offline pairs", optional=optional)
@@ -172,12 +193,16 @@ def select_bootstrap(
     lam: float = 0.0,
     loss: str = "dpo",
     seed: int = 0,
+    batch_size: int = stream.BATCH,
 ) -> pa.Table:
     """Preference bootstrapping: per prompt (argmax R, argmin R); keep the top ``k2`` prompts.
 
     ``k2`` is a count; or give ``k2_fraction`` of the prompts with a pair; neither keeps all.
     Returns SERA_PAIRS rows, source ``bootstrap``, margin ``R(chosen) - R(rejected) >= 0``.
+    A path or reader is streamed prompt by prompt (``batch_size`` rows a batch).
     """
+    if not isinstance(samples, pa.Table):
+        return _stream_bootstrap(samples, k2=k2, k2_fraction=k2_fraction, lam=lam, loss=loss, seed=seed, batch_size=batch_size)
     cur, prev = reward_columns(loss)
     cols = ["prompt_id", "completion_id", "completion", cur] + ([prev] if lam else [])
     rows = base.canonical(base.read_columns(samples, cols, "samples"), ["prompt_id", "completion_id"])
@@ -217,6 +242,13 @@ def select_sera(
         raise ValueError(f"iteration is 1-based, got {iteration}")
     cur = reward_columns(loss)[0]
     optional = tuple(f"{p}{s}_{cur}" for p in ("", "prev_") for s in ("chosen", "rejected"))
+    if iteration >= 2 and isinstance(pairs, (str, Path)):  # stream D: |D| from the Parquet footer
+        lam = effective_lambda(lam, iteration)
+        size = stream.open_stream(pairs, ["prompt_id", "chosen_id", "rejected_id"], "offline pairs").num_rows
+        parts = [select_offline(pairs, offline_scored, k1=int(np.ceil(k1_fraction * size)), lam=lam, loss=loss, seed=seed)]
+        if samples is not None:
+            parts.append(select_bootstrap(samples, k2=int(np.ceil(k2_fraction * size)), lam=lam, loss=loss, seed=seed))
+        return pa.concat_tables(parts)
     table = base.read_columns(pairs, ["prompt_id", "chosen_id", "rejected_id"], "offline pairs", optional=optional)
     if iteration == 1:
         t = base.canonical(table, ["prompt_id", "chosen_id", "rejected_id"])
@@ -227,3 +259,65 @@ def select_sera(
     if samples is not None:
         parts.append(select_bootstrap(samples, k2=int(np.ceil(k2_fraction * size)), lam=lam, loss=loss, seed=seed))
     return pa.concat_tables(parts)
+
+
+def _stream_offline(pairs: base.Source, scored: base.Source | None, *, k1: int | None, k1_fraction: float, lam: float, loss: str, seed: int, batch_size: int) -> pa.Table:
+    """:func:`select_offline` over a stream of pairs: a heap of the top ``k1`` by oriented IRM."""
+    cur, prev = reward_columns(loss)
+    ensemble(np.zeros(0), None, lam)  # validate lambda before reading
+    optional = tuple(f"{p}{s}_{cur}" for p in ("", "prev_") for s in ("chosen", "rejected"))
+    st = stream.open_stream(pairs, ["prompt_id", "chosen_id", "rejected_id"], "offline pairs", optional=optional, batch_size=batch_size)
+    cap = k1 if k1 is not None else (base.top_count(st.num_rows, k1_fraction, None) if st.num_rows is not None else None)
+    lookup = _lookup_table(scored, cur, prev, lam) if scored is not None else None
+    top = stream.TopK("largest", cap, ["prompt_id", "chosen_id", "rejected_id"])
+    offset = 0
+    for batch in st.batches:
+        t = pa.Table.from_batches([batch])
+        rc, rr = _offline_rewards(t, scored, cur, prev, lam, st.where, offset=offset, lookup=lookup)
+        offset += t.num_rows
+        keys = base.pair_keys(base.id_hashes(t.column("chosen_id")), base.id_hashes(t.column("rejected_id")), seed)
+        top.push(pa.table({"_value": pa.array(rc - rr, pa.float64()), "_key": pa.array(keys, pa.uint64()),
+                           "prompt_id": t.column("prompt_id"), "chosen_id": t.column("chosen_id"), "rejected_id": t.column("rejected_id")}))
+    keep = base.top_count(top.pushed, k1_fraction, k1)
+    name = f"sera:offline@{k1 if k1 is not None else k1_fraction}/lambda={lam}/{cur}"
+    return _from_top(top.top(keep), "offline", name)
+
+
+def _stream_bootstrap(samples: base.Source, *, k2: int | None, k2_fraction: float | None, lam: float, loss: str, seed: int, batch_size: int) -> pa.Table:
+    """:func:`select_bootstrap` over a stream: per chunk of whole prompts the (argmax, argmin)
+    pair, into a heap of the top ``k2`` margins."""
+    cur, prev = reward_columns(loss)
+    ensemble(np.zeros(0), None, lam)
+    frac = 1.0 if k2_fraction is None else k2_fraction
+    base.top_count(0, frac, k2)  # validate before reading
+    cols = ["prompt_id", "completion_id", "completion", cur] + ([prev] if lam else [])
+    cap = stream.fraction_cap(samples, frac, k2, "samples", batch_size)
+    st = stream.open_stream(samples, cols, "samples", batch_size=batch_size)
+    top = stream.TopK("largest", cap, ["prompt_id"])
+    hashes = []
+    for chunk, start in stream.PromptChunks(st):
+        r_raw = ensemble(base.float_column(chunk, cur, st.where, start), base.float_column(chunk, prev, st.where, start) if lam else None, lam)
+        h_raw = base.id_hashes(chunk.column("completion_id"))
+        hashes.append(h_raw)
+        order = np.asarray(pc.sort_indices(chunk, sort_keys=[("prompt_id", "ascending"), ("completion_id", "ascending")]).to_numpy(), np.int64)
+        rows = chunk.take(pa.array(order))
+        r, keys = r_raw[order], base.row_keys(h_raw[order], seed)
+        groups = base.group_codes(rows.column("prompt_id"))
+        w, l_ = bootstrap_pairs(groups, r, base.text_codes(rows.column("completion")), keys)
+        cid = rows.column("completion_id")
+        top.push(pa.table({"_value": pa.array(r[w] - r[l_], pa.float64()), "_key": pa.array(base.pair_keys(keys[w], keys[l_], seed), pa.uint64()),
+                           "prompt_id": rows.column("prompt_id").take(pa.array(w, pa.int64())),
+                           "chosen_id": cid.take(pa.array(w, pa.int64())), "rejected_id": cid.take(pa.array(l_, pa.int64()))}))
+    stream.check_unique_hashes(hashes, samples, "completion_id", st.where)
+    keep = base.top_count(top.pushed, frac, k2)
+    name = f"sera:bootstrap@{k2 if k2 is not None else k2_fraction}/lambda={lam}/{cur}"
+    return _from_top(top.top(keep), "bootstrap", name)
+
+
+def _from_top(top: pa.Table | None, source: str, name: str) -> pa.Table:
+    """SERA_PAIRS rows of heap items, sorted by ``(prompt_id, chosen_id, rejected_id)``."""
+    if top is None:
+        e = pa.array([], pa.string())
+        return _table(e, e, e, np.zeros(0), source, name)
+    top = top.take(pc.sort_indices(top, sort_keys=[("prompt_id", "ascending"), ("chosen_id", "ascending"), ("rejected_id", "ascending")]))
+    return _table(top.column("prompt_id"), top.column("chosen_id"), top.column("rejected_id"), top.column("_value").to_numpy(), source, name)
