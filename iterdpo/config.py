@@ -149,8 +149,9 @@ class ScoreConfig(_Section):
         "(P + n*R token-forwards instead of n*(P + R)); 0 = off, every row is scored whole in length buckets."
     )
     max_pad: float | None = Field(
-        None, ge=0.0, description="Also close a scoring batch before its padding exceeds this fraction of its real tokens "
-        "(0.2 is faster on CPU, where padding is pure arithmetic; None = fill batch_tokens, better on GPU)."
+        0.2, ge=0.0, description="Also close a scoring batch before its padding exceeds this fraction of its real tokens "
+        "(padding is pure arithmetic; with prompt sharing a prompt's n completions of mixed lengths split into a few "
+        "batches; None = fill batch_tokens regardless of padding)."
     )
 
 
