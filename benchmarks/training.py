@@ -38,6 +38,16 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 
+CLOCK = {"wall": time.perf_counter, "cpu": time.process_time}
+_clock = [time.perf_counter]
+
+
+def clock() -> float:
+    """Wall time, or with ``--clock cpu`` this process's CPU time (all its threads): on a
+    machine shared with other jobs the CPU time of a 1-thread run moves far less than its wall time."""
+    return _clock[0]()
+
+
 def rss_mb() -> float:
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
@@ -47,8 +57,12 @@ def peak_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def build(dest: Path, hidden: int, layers: int, pairs: int, seed: int = 0) -> None:
-    """Model + tokenizer + pairs (with reference log-probs = the model's own) under ``dest``."""
+def build(dest: Path, hidden: int, layers: int, pairs: int, seed: int = 0, vocab: int = 0) -> None:
+    """Model + tokenizer + pairs (with reference log-probs = the model's own) under ``dest``.
+
+    ``vocab`` > the toy tokenizer's 384 pads the embedding / LM head to that many rows (the
+    softmax then runs over a real model's vocabulary; the extra ids never occur in the data).
+    """
     from transformers import AutoModelForCausalLM
 
     from iterdpo import records
@@ -58,7 +72,9 @@ def build(dest: Path, hidden: int, layers: int, pairs: int, seed: int = 0) -> No
     corpus = [p["prompt"] for p in task.all_prompts()] + [" ".join(task.POSITIVE + task.NEGATIVE + task.NEUTRAL)] * 10
     tok = build_tokenizer(corpus)
     model = build_model(tok, seed=seed, hidden=hidden, layers=layers)
-    model.config.max_position_embeddings = 512
+    model.config.max_position_embeddings = 1024
+    if vocab > len(tok):
+        model.resize_token_embeddings(vocab, mean_resizing=False)
     model.save_pretrained(dest / "model")
     tok.save_pretrained(dest / "model")
     AutoModelForCausalLM.from_pretrained(dest / "model")
@@ -82,11 +98,94 @@ def responses(pairs_path: Path) -> list[dict]:
     return [{"prompt": r["prompt"], "completion": r[k], "finish_reason": "stop"} for r in rows for k in ("chosen", "rejected")]
 
 
+def naive_logps(model, tok, rows: list[dict], device: str, kw: dict) -> list[float]:
+    """The loop a user would write: one full forward per response, log_softmax, gather."""
+    import torch
+
+    from iterdpo.logprobs import encode
+
+    out = []
+    with torch.no_grad():
+        for r in rows:
+            e = encode(tok, r["prompt"], r["completion"], stopped=r["finish_reason"] == "stop", **kw)
+            ids = torch.tensor([e.input_ids], device=device)
+            lp = torch.log_softmax(model(input_ids=ids).logits[0, :-1].float(), -1)  # [T-1, V]
+            tgt = ids[0, 1:]
+            out.append(float(lp.gather(1, tgt.unsqueeze(-1)).squeeze(-1)[e.prompt_len - 1 :].sum()))
+    return out
+
+
+def grouped_rows(prompts: int, n: int, prompt_words: int, response_words: tuple[int, int], seed: int = 1) -> list[dict]:
+    """The scoring stage's real structure: ``n`` sampled completions for each prompt."""
+    from iterdpo.toy import task
+
+    rng = random.Random(seed)
+    words = task.POSITIVE + task.NEGATIVE + task.NEUTRAL + task.TOPICS
+    rows = []
+    for _ in range(prompts):
+        p = " ".join(rng.choice(words) for _ in range(prompt_words))
+        rows += [{"prompt": p, "completion": " ".join(rng.choice(words) for _ in range(rng.randint(*response_words))),
+                  "finish_reason": "stop"} for _ in range(n)]
+    return rows
+
+
+def bench_scoring_grouped(d: Path, device: str, prompts: int, n: int, prompt_words: int, response_words: tuple[int, int]) -> dict:
+    """responses/s on ``prompts`` x ``n`` completions: ours with prompt sharing, ours bucketed only, naive loop.
+
+    ``_maxpad`` variants also cap padding at 20% of the real tokens of a batch (``max_pad=0.2``).
+
+    Also counts token-forwards (the FLOP proxy: each costs ~2 x non-embedding params
+    + 2 x hidden x vocab for the LM head): naive sum(P + R); buckets sum(batch x longest);
+    sharing sum over prompts of P + sum over response batches of (batch x longest R).
+    """
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from iterdpo.logprobs import encode, length_buckets, score_logps
+
+    tok = AutoTokenizer.from_pretrained(d / "model")
+    model = AutoModelForCausalLM.from_pretrained(d / "model").to(device).eval()
+    rows = grouped_rows(prompts, n, prompt_words, response_words)
+    kw = dict(max_prompt_length=512, max_length=1024)
+    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+    score_logps(model, tok, rows[: 2 * n], batch_tokens=8192, share_prompts=2, **kw)  # warm-up
+    res = {"prompts": prompts, "n": n, "responses": len(rows)}
+    times, outs = {}, {}
+    variants = (("shared", dict(share_prompts=2)), ("shared_maxpad", dict(share_prompts=2, max_pad=0.2)),
+                ("buckets", dict(share_prompts=0)), ("buckets_maxpad", dict(share_prompts=0, max_pad=0.2)))
+    for name, extra in variants:
+        sync()
+        t = clock()
+        outs[name], _ = score_logps(model, tok, rows, batch_tokens=8192, **extra, **kw)
+        sync()
+        times[name] = clock() - t
+    sync()
+    t = clock()
+    outs["naive"] = naive_logps(model, tok, rows, device, kw)
+    sync()
+    times["naive"] = clock() - t
+    enc = [encode(tok, r["prompt"], r["completion"], stopped=True, **kw) for r in rows]
+    lens = [len(e.input_ids) for e in enc]
+    P = [e.prompt_len for e in enc]
+    res["mean_prompt_tokens"] = statistics.mean(P)
+    res["mean_response_tokens"] = statistics.mean(a - b for a, b in zip(lens, P, strict=True))
+    tf_naive = sum(lens)
+    tf_buckets = sum(len(b) * max(lens[i] for i in b) for b in length_buckets(lens, 8192))
+    tf_shared = sum(P[g] + n * max(lens[i] - P[i] for i in range(g, g + n)) for g in range(0, len(rows), n))
+    res["token_forwards"] = {"naive": tf_naive, "buckets": tf_buckets, "shared": tf_shared}
+    for name in times:
+        res[f"{name}_resp_per_s"] = len(rows) / times[name]
+    for name, _ in variants:
+        res[f"speedup_{name}_vs_naive"] = times["naive"] / times[name]
+    res["max_abs_logp_diff_shared_vs_naive"] = max(abs(a - b) for a, b in zip(outs["shared"], outs["naive"], strict=True))
+    return res
+
+
 def bench_scoring(d: Path, device: str, batch_size: int) -> dict:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from iterdpo.logprobs import collate, encode, score_logps, sequence_logps
+    from iterdpo.logprobs import score_logps
 
     tok = AutoTokenizer.from_pretrained(d / "model")
     model = AutoModelForCausalLM.from_pretrained(d / "model").to(device).eval()
@@ -95,22 +194,18 @@ def bench_scoring(d: Path, device: str, batch_size: int) -> dict:
     sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
     score_logps(model, tok, rows[:16], batch_tokens=1 << 20, max_batch=2 * batch_size, **kw)  # warm-up
     sync()
-    t = time.perf_counter()
+    t = clock()
     ours, _ = score_logps(model, tok, rows, batch_tokens=1 << 20, max_batch=2 * batch_size, **kw)
     sync()
-    t_ours = time.perf_counter() - t
-    t = time.perf_counter()
+    t_ours = clock() - t
+    t = clock()
     score_logps(model, tok, rows, batch_tokens=8192, **kw)  # iterdpo's default budget (score.batch_tokens), no cap
     sync()
-    t_default = time.perf_counter() - t
-    t = time.perf_counter()
-    naive = []
-    with torch.no_grad():
-        for r in rows:
-            e = encode(tok, r["prompt"], r["completion"], stopped=True, **kw)
-            naive.append(float(sequence_logps(model, collate([e], tok.pad_token_id, device)).logps[0]))
+    t_default = clock() - t
+    t = clock()
+    naive = naive_logps(model, tok, rows, device, kw)
     sync()
-    t_naive = time.perf_counter() - t
+    t_naive = clock() - t
     err = max(abs(a - b) for a, b in zip(ours, naive, strict=True))
     t_trl = trl_precompute_seconds(d, device, batch_size)
     n = len(rows)
@@ -152,9 +247,9 @@ def trl_precompute_seconds(d: Path, device: str, batch_size: int) -> float:
 
     class Timed(DPOTrainer):
         def _precompute_ref_logps(self, dataset, name, batch_size):
-            t = time.perf_counter()
+            t = clock()
             out = super()._precompute_ref_logps(dataset, name, batch_size)
-            spent.append(time.perf_counter() - t)
+            spent.append(clock() - t)
             return out
 
     tok = AutoTokenizer.from_pretrained(d / "model")
@@ -197,7 +292,7 @@ def train_ours(d: Path, device: str, batch_size: int, steps: int, warmup: int) -
         def append(self, x):
             if device.startswith("cuda"):
                 torch.cuda.synchronize()
-            marks.append((time.perf_counter(), torch.cuda.max_memory_allocated() / 2**20 if device.startswith("cuda") else peak_mb()))
+            marks.append((clock(), torch.cuda.max_memory_allocated() / 2**20 if device.startswith("cuda") else peak_mb()))
             super().append(x)
 
     pairs = records.read_table(d / "pairs.parquet")
@@ -222,7 +317,7 @@ def train_trl(d: Path, device: str, batch_size: int, steps: int, warmup: int) ->
         def on_step_end(self, args, state, control, **kw):
             if device.startswith("cuda"):
                 torch.cuda.synchronize()
-            marks.append((time.perf_counter(), torch.cuda.max_memory_allocated() / 2**20 if device.startswith("cuda") else peak_mb()))
+            marks.append((clock(), torch.cuda.max_memory_allocated() / 2**20 if device.startswith("cuda") else peak_mb()))
 
     tok = AutoTokenizer.from_pretrained(d / "model")
     ds = _trl_dataset(d)
@@ -250,12 +345,20 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=6, help="timed training steps")
     p.add_argument("--warmup", type=int, default=2, help="untimed training steps first")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (1 on a shared machine)")
+    p.add_argument("--vocab", type=int, default=0, help="pad the vocabulary to this size (0: the toy's 384)")
+    p.add_argument("--n", type=int, default=8, help="grouped scoring: completions per prompt")
+    p.add_argument("--prompts", type=int, default=8, help="grouped scoring: prompts")
+    p.add_argument("--prompt-words", type=int, default=150, help="grouped scoring: words per prompt (~1 token each)")
+    p.add_argument("--response-words", default="20,200", help="grouped scoring: min,max words per completion")
+    p.add_argument("--skip", default="", help="comma list of parts to skip: pairs,grouped,training")
+    p.add_argument("--clock", choices=sorted(CLOCK), default="wall", help="'cpu': process CPU time (shared CPU machines)")
     p.add_argument("--workdir")
     p.add_argument("--part", choices=["ours", "trl"], help=argparse.SUPPRESS)
     a = p.parse_args()
     import torch
 
     torch.set_num_threads(a.threads)
+    _clock[0] = CLOCK[a.clock]
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     if a.part:  # a training subprocess
         d = Path(a.workdir)
@@ -268,16 +371,27 @@ def main() -> None:
     hf_logging.disable_progress_bar()
     d = Path(a.workdir or tempfile.mkdtemp(prefix="iterdpo-bench-"))
     if not (d / "pairs.parquet").exists():
-        build(d, a.hidden, a.layers, max(a.pairs, (a.steps + a.warmup) * a.batch_size))
-    res = {"device": a.device, "hidden": a.hidden, "layers": a.layers, "batch_size": a.batch_size, "threads": a.threads}
+        build(d, a.hidden, a.layers, max(a.pairs, (a.steps + a.warmup) * a.batch_size), vocab=a.vocab)
+    res = {"clock": a.clock, "device": a.device, "hidden": a.hidden, "layers": a.layers, "batch_size": a.batch_size, "threads": a.threads,
+           "load_avg_start": os.getloadavg()}
+    skip = set(a.skip.split(",")) - {""}
     from transformers import AutoModelForCausalLM
 
     res["params"] = sum(x.numel() for x in AutoModelForCausalLM.from_pretrained(d / "model").parameters())
-    res["scoring"] = bench_scoring(d, a.device, a.batch_size)
+    res["vocab"] = AutoModelForCausalLM.from_pretrained(d / "model").config.vocab_size
+    if "pairs" not in skip:
+        res["scoring"] = bench_scoring(d, a.device, a.batch_size)
+    if "grouped" not in skip:
+        lo, hi = (int(x) for x in a.response_words.split(","))
+        res["scoring_grouped"] = bench_scoring_grouped(d, a.device, a.prompts, a.n, a.prompt_words, (lo, hi))
+    if "training" in skip:
+        res["load_avg_end"] = os.getloadavg()
+        print(json.dumps(res), flush=True)
+        return
     res["training"] = {}
     for part in ("ours", "trl"):
         cmd = [sys.executable, __file__, "--part", part, "--workdir", str(d), "--device", a.device, "--batch-size",
-               str(a.batch_size), "--steps", str(a.steps), "--warmup", str(a.warmup), "--threads", str(a.threads)]
+               str(a.batch_size), "--steps", str(a.steps), "--warmup", str(a.warmup), "--threads", str(a.threads), "--clock", a.clock]
         out = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": str(a.threads)})
         line = [x for x in out.stdout.splitlines() if x.startswith("RESULT ")]
         if not line:
@@ -286,6 +400,7 @@ def main() -> None:
     o, t = res["training"]["ours"], res["training"]["trl"]
     res["training"]["time_ratio_ours_over_trl"] = o["s_per_step"] / t["s_per_step"]
     res["training"]["mem_ratio_ours_over_trl"] = o["peak_mem_mb"] / t["peak_mem_mb"]
+    res["load_avg_end"] = os.getloadavg()
     print(json.dumps(res), flush=True)
 
 

@@ -144,6 +144,15 @@ class ScoreConfig(_Section):
         False, description="Also score under pi_{t-2} and its reference (columns prev_policy_logp, prev_ref_logp, prev_reward) for SeRA's ensemble; NaN while pi_{t-2} is not an aligned model."
     )
     shard_rows: int = Field(512, ge=1, description="Completions per scoring shard (the unit ranks split and a restart keeps).")
+    share_prompts: int = Field(
+        2, ge=0, description="A prompt with at least this many completions in a shard runs once and its KV cache scores them all "
+        "(P + n*R token-forwards instead of n*(P + R)); 0 = off, every row is scored whole in length buckets."
+    )
+    max_pad: float | None = Field(
+        0.2, ge=0.0, description="Also close a scoring batch before its padding exceeds this fraction of its real tokens "
+        "(padding is pure arithmetic; with prompt sharing a prompt's n completions of mixed lengths split into a few "
+        "batches; None = fill batch_tokens regardless of padding)."
+    )
 
 
 class SelectConfig(_Section):

@@ -21,7 +21,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
 
 @dataclass
@@ -58,22 +57,32 @@ def encode(
     return Encoded(input_ids=p + r, prompt_len=len(p))
 
 
-def length_buckets(lengths: list[int], batch_tokens: int, max_batch: int | None = None) -> list[list[int]]:
+def length_buckets(
+    lengths: list[int], batch_tokens: int, max_batch: int | None = None, max_pad: float | None = None
+) -> list[list[int]]:
     """Group indices into batches of similar length under a padded-token budget.
 
     Sorting by length first keeps padding small: a batch costs ``len(batch) * max_len``
-    tokens, and neighbours in sorted order have nearly equal lengths. Returns lists of
-    indices into ``lengths``; every index appears exactly once.
+    tokens, and neighbours in sorted order have nearly equal lengths. ``max_pad`` also
+    closes a batch before its padded tokens exceed ``(1 + max_pad)`` times its real tokens
+    (where arithmetic, not batch size, is the bottleneck, as on a CPU, padding is pure
+    waste). Returns lists of indices into ``lengths``; every index appears exactly once.
     """
     order = sorted(range(len(lengths)), key=lambda i: (lengths[i], i))
-    batches, cur, cur_max = [], [], 0
+    batches, cur, cur_max, cur_sum = [], [], 0, 0
     for i in order:
         new_max = max(cur_max, lengths[i])
-        if cur and (new_max * (len(cur) + 1) > batch_tokens or (max_batch and len(cur) >= max_batch)):
+        padded = new_max * (len(cur) + 1)
+        if cur and (
+            padded > batch_tokens
+            or (max_batch and len(cur) >= max_batch)
+            or (max_pad is not None and padded > (1 + max_pad) * (cur_sum + lengths[i]))
+        ):
             batches.append(cur)
-            cur, new_max = [], lengths[i]
+            cur, new_max, cur_sum = [], lengths[i], 0
         cur.append(i)
         cur_max = new_max
+        cur_sum += lengths[i]
     if cur:
         batches.append(cur)
     return batches
@@ -111,6 +120,65 @@ class LogpOutput:
     embedding: torch.Tensor | None = None  # [B, H] float32, mean of last hidden states over response tokens
 
 
+class _TokenLogps(torch.autograd.Function):
+    """``logit_y - logsumexp(logits)`` with a backward that allocates at most one [B, L', V] tensor.
+
+    Autograd through gather + logsumexp would build a zero-filled scatter for the gather, the
+    softmax for the logsumexp and their sum, each [B, L, V] (plus a full copy for a slice of
+    the logits). Here the gradient ``g * (onehot(y) - softmax(logits))`` is written row chunk by
+    row chunk into one buffer; with ``inplace`` that buffer is the logits' own storage (they
+    are needed by nothing else once the log-probs exist: the LM head's backward needs its
+    input, not its output), so the backward adds no [B, L', V] tensor at all. Were the logits
+    saved by another op, autograd's version check would raise rather than compute wrong
+    gradients.
+    """
+
+    @staticmethod
+    def forward(ctx, logits, labels, chunk_rows: int, inplace: bool):
+        L = labels.shape[1]
+        x = logits[:, :L]
+        picked = torch.gather(x, 2, labels.unsqueeze(-1)).squeeze(-1).float()  # [B, L]
+        lse = torch.cat([torch.logsumexp(c.float(), dim=-1) for c in x.split(chunk_rows, dim=0)])  # [B, L]
+        ctx.save_for_backward(logits, labels, lse)
+        ctx.chunk_rows, ctx.inplace = chunk_rows, inplace
+        ctx.mark_non_differentiable(lse)
+        return picked - lse, lse
+
+    @staticmethod
+    def backward(ctx, g, _g_lse):
+        logits, labels, lse = ctx.saved_tensors
+        L, c = labels.shape[1], ctx.chunk_rows
+        grad = logits if ctx.inplace else torch.empty_like(logits)
+        g = g.float()
+        for b in range(0, logits.shape[0], c):
+            x, gb, lb, gg = logits[b : b + c, :L], grad[b : b + c, :L], lse[b : b + c, :, None], g[b : b + c, :, None]
+            if logits.dtype == torch.float32:
+                torch.sub(x, lb, out=gb)  # the float32 chunk is computed where it is stored
+                gb.exp_().mul_(-gg).scatter_add_(2, labels[b : b + c].unsqueeze(-1), gg)
+            else:  # low precision logits: compute the chunk in float32, store it rounded
+                p = (x.float() - lb).exp_().mul_(-gg).scatter_add_(2, labels[b : b + c].unsqueeze(-1), gg)
+                gb.copy_(p)
+        if grad.shape[1] > L:
+            grad[:, L:].zero_()  # positions not scored (the last logit) get no gradient
+        return grad, None, None, None
+
+
+def token_logps(
+    logits: torch.Tensor, labels: torch.Tensor, chunk_rows: int = 1, inplace_grad: bool = False
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``log pi(label)`` per position without materialising ``log_softmax`` over the vocabulary.
+
+    ``logits`` [B, L', V] (any float dtype; L' >= L, positions >= L are not scored),
+    ``labels`` [B, L] -> (token_logp [B, L] float32, logsumexp [B, L] float32), with
+    ``log pi(y) = logit_y - logsumexp(logits)``. log_softmax + gather would keep a second
+    [B, L, V] tensor for the backward; this keeps none (the logits exist anyway), takes the
+    logsumexp ``chunk_rows`` batch rows at a time (its exp temporary is [chunk, L, V]) and
+    computes the gradient in one buffer, the logits' own with ``inplace_grad`` (only when
+    nothing else reads the logits after this call). See :class:`_TokenLogps`.
+    """
+    return _TokenLogps.apply(logits, labels, chunk_rows, inplace_grad)
+
+
 def sequence_logps(
     model,
     batch: dict,
@@ -121,30 +189,103 @@ def sequence_logps(
     """Summed response log-probs of a collated batch (gradients flow if enabled).
 
     logits[:, t] predicts token t+1, so the log-prob of token t comes from logits[:, t-1];
-    response_mask is shifted the same way.
+    response_mask is shifted the same way. Only positions from the batch's first response
+    token on are scored: ``logits_to_keep`` makes the model apply its LM head (the [B, T, V]
+    output, the largest activation with a real vocabulary) to those positions only, so
+    prompt positions cost neither LM-head FLOPs nor logits memory.
     """
+    ids, resp = batch["input_ids"], batch["response_mask"]
+    T = ids.shape[1]
+    has = resp.any(-1)
+    # first label position of the batch (>= 1: prompts are non-empty); T-1 if no row has a response
+    first = int(resp[has].float().argmax(-1).min()) if bool(has.any()) else T - 1
+    first = max(first, 1)
     out = model(
-        input_ids=batch["input_ids"],
+        input_ids=ids,
         attention_mask=batch["attention_mask"],
         output_hidden_states=with_embedding,
         use_cache=False,
+        logits_to_keep=T - first + 1,  # logits of positions first-1 .. T-1
     )
-    logits = out.logits[:, :-1].float()  # [B, T-1, V]
-    labels = batch["input_ids"][:, 1:]  # [B, T-1]
-    mask = batch["response_mask"][:, 1:]  # [B, T-1]
-    logp_all = F.log_softmax(logits, dim=-1)
-    token_logp = torch.gather(logp_all, 2, labels.unsqueeze(-1)).squeeze(-1)  # [B, T-1]
+    logits = out.logits  # [B, T-first+1, V]: positions first-1 .. T-1 (the last is not scored)
+    labels = ids[:, first:]  # [B, T-first]
+    mask = resp[:, first:]
+    hidden = out.hidden_states[-1] if with_embedding else None
+    del out  # the logits stay alive only as long as the autograd graph needs them
+    # the backward may overwrite the logits with their gradient unless the entropy reads them too
+    token_logp, lse = token_logps(logits, labels, inplace_grad=not with_entropy)
+    logits = logits[:, :-1]
     token_logp = token_logp.masked_fill(~mask, 0.0)
     n = mask.sum(-1)
     res = LogpOutput(logps=token_logp.sum(-1), num_tokens=n)
     if with_entropy:
-        ent = -(logp_all.exp() * logp_all).sum(-1).masked_fill(~mask, 0.0)  # [B, T-1]
+        # H = lse - sum_v p_v * logit_v, row by row (no [B, T, V] log_softmax)
+        ent = torch.cat([
+            lse[b : b + 1] - (torch.softmax(c.float(), -1) * c.float()).sum(-1)
+            for b, c in enumerate(logits.split(1, dim=0))
+        ]).masked_fill(~mask, 0.0)  # [B, T-first]
         res.entropy = ent.sum(-1) / n.clamp(min=1)
     if with_embedding:
-        h = out.hidden_states[-1].float()  # [B, T, H]; position t's state predicts t+1
-        m = batch["response_mask"].unsqueeze(-1).float()
+        h = hidden.float()  # [B, T, H]; position t's state predicts t+1
+        m = resp.unsqueeze(-1).float()
         res.embedding = (h * m).sum(1) / m.sum(1).clamp(min=1)
     return res
+
+
+@torch.no_grad()
+def shared_prompt_logps(
+    model,
+    prompt_ids: list[int],
+    responses: list[list[int]],
+    pad_id: int,
+    *,
+    batch_tokens: int = 1 << 30,
+    max_batch: int | None = None,
+    max_pad: float | None = None,
+) -> tuple[list[float], list[int]]:
+    """Summed log-probs of several responses to one prompt, running the prompt once.
+
+    The prompt (length P) goes through the model once with ``use_cache``; its KV cache is
+    repeated for the responses, which then run as one right-padded batch [n, R] attending to
+    it (the responses are length-bucketed with ``batch_tokens`` counting response tokens,
+    ``max_batch`` and ``max_pad`` as in :func:`length_buckets`; each bucket gets its own copy
+    of the cache). Cost: P + n*R token-forwards instead of n*(P + R). ``log pi(r_0 | x)`` comes from
+    the prompt's last logit, ``log pi(r_t | x, r_<t)`` from the response logits at t-1.
+    Equals :func:`sequence_logps` on the concatenated sequences up to float rounding.
+    """
+    import copy
+
+    device = next(model.parameters()).device
+    logps, ntok = [0.0] * len(responses), [0] * len(responses)
+    live = [i for i, r in enumerate(responses) if r]  # a response cut to nothing scores 0 over 0 tokens
+    if not live:
+        return logps, ntok
+    P = len(prompt_ids)
+    pre = model(input_ids=torch.tensor([prompt_ids], device=device), use_cache=True, logits_to_keep=1)
+    first = pre.logits[:, -1:]  # [1, 1, V]: predicts each response's first token
+    buckets = [[live[j] for j in b] for b in length_buckets([len(responses[i]) for i in live], batch_tokens, max_batch, max_pad)]
+    for k, idx in enumerate(buckets):
+        b, R = len(idx), max(len(responses[i]) for i in idx)
+        cache = copy.deepcopy(pre.past_key_values) if k + 1 < len(buckets) else pre.past_key_values
+        cache.batch_repeat_interleave(b)  # [1, ...] -> [b, ...] per layer
+        ids = torch.full((b, R), pad_id, dtype=torch.long)
+        attn = torch.zeros((b, P + R), dtype=torch.long)
+        attn[:, :P] = 1
+        for j, i in enumerate(idx):
+            L = len(responses[i])
+            ids[j, :L] = torch.tensor(responses[i], dtype=torch.long)
+            attn[j, P : P + L] = 1
+        ids, attn = ids.to(device), attn.to(device)
+        out = model(input_ids=ids, attention_mask=attn, past_key_values=cache, use_cache=True)
+        logits = torch.cat([first.expand(b, 1, -1), out.logits[:, :-1]], dim=1)  # [b, R, V]
+        del out, cache
+        tl, _ = token_logps(logits, ids)
+        mask = attn[:, P:].bool()
+        tl = tl.masked_fill(~mask, 0.0).sum(-1)
+        n = mask.sum(-1)
+        for j, i in enumerate(idx):
+            logps[i], ntok[i] = float(tl[j]), int(n[j])
+    return logps, ntok
 
 
 @torch.no_grad()
@@ -158,10 +299,16 @@ def score_logps(
     batch_tokens: int,
     progress: str | None = None,
     max_batch: int | None = None,
+    share_prompts: int = 0,
+    max_pad: float | None = None,
 ) -> tuple[list[float], list[int]]:
     """Log-probs of many (prompt, completion, finish_reason) rows, length-bucketed.
 
-    Returns (logps, num_tokens) in the order of ``rows``.
+    With ``share_prompts = k >= 2``, the completions of a prompt that has at least k rows
+    are scored by :func:`shared_prompt_logps` (the prompt runs once, its KV cache serves
+    all of them); the other rows go through length buckets. ``batch_tokens``, ``max_batch``
+    and ``max_pad`` bound every batch as in :func:`length_buckets`. Returns (logps,
+    num_tokens) in row order.
     """
     from tqdm.auto import tqdm
 
@@ -181,11 +328,27 @@ def score_logps(
         )
     logps = [0.0] * len(rows)
     ntok = [0] * len(rows)
-    batches = length_buckets([len(e.input_ids) for e in encoded], batch_tokens, max_batch)
-    for idx in tqdm(batches, desc=progress, disable=progress is None, leave=False):
+    groups: dict[str, list[int]] = {}
+    for i, r in enumerate(rows):
+        groups.setdefault(r["prompt"], []).append(i)
+    shared = [g for g in groups.values() if share_prompts >= 2 and len(g) >= share_prompts]
+    rest = sorted(i for g in groups.values() if not (share_prompts >= 2 and len(g) >= share_prompts) for i in g)
+    batches = [[rest[j] for j in b] for b in length_buckets([len(encoded[i].input_ids) for i in rest], batch_tokens, max_batch, max_pad)]
+    bar = tqdm(total=len(rows), desc=progress, disable=progress is None, leave=False)
+    for g in shared:
+        p = encoded[g[0]].prompt_len
+        resp = [encoded[i].input_ids[p:] for i in g]
+        lp, nt = shared_prompt_logps(model, encoded[g[0]].input_ids[:p], resp, tokenizer.pad_token_id,
+                                     batch_tokens=batch_tokens, max_batch=max_batch, max_pad=max_pad)
+        for j, i in enumerate(g):
+            logps[i], ntok[i] = lp[j], nt[j]
+        bar.update(len(g))
+    for idx in batches:
         batch = collate([encoded[i] for i in idx], tokenizer.pad_token_id, device)
         out = sequence_logps(model, batch)
         for j, i in enumerate(idx):
             logps[i] = float(out.logps[j])
             ntok[i] = int(out.num_tokens[j])
+        bar.update(len(idx))
+    bar.close()
     return logps, ntok

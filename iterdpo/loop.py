@@ -230,6 +230,7 @@ def score(run: Run, k: int) -> dict:
             run.data(k, "sample", "completions.parquet"), policy, ref,
             tokenizer_path=cfg.model.tokenizer, model_cfg=cfg.model, beta=cfg.score.beta, batch_tokens=cfg.score.batch_tokens,
             prev_policy_path=prev, prev_ref_path=prev_ref, shard_dir=run.rd.partial(path) / key, shard_rows=cfg.score.shard_rows,
+            share_prompts=cfg.score.share_prompts, max_pad=cfg.score.max_pad,
         )
         if table is None:  # not rank 0: its shards are written, rank 0 gathered them
             return {}

@@ -79,6 +79,8 @@ def score_shards(
     shard_rows: int,
     rank: int = 0,
     world: int = 1,
+    share_prompts: int = 0,
+    max_pad: float | None = None,
 ) -> None:
     """Write ``<tag(model)>-<shard>.parquet`` (logp, num_tokens) for this rank's missing shards."""
     from tqdm.auto import tqdm
@@ -102,7 +104,7 @@ def score_shards(
             chunk = rows[c * shard_rows : (c + 1) * shard_rows]
             lp, nt = score_logps(
                 model, tokenizer, chunk, max_prompt_length=model_cfg.max_prompt_length,
-                max_length=model_cfg.max_length, batch_tokens=batch_tokens,
+                max_length=model_cfg.max_length, batch_tokens=batch_tokens, share_prompts=share_prompts, max_pad=max_pad,
             )
             table = pa.Table.from_pydict({"logp": lp, "num_tokens": nt}, schema=LOGP_SHARD)
             records.write_table(table, shard_dir / f"{tag}-{c:05d}.parquet")
@@ -136,6 +138,8 @@ def score(
     shard_dir: Path | None = None,
     shard_rows: int = 512,
     local: bool = False,
+    share_prompts: int = 0,
+    max_pad: float | None = None,
 ) -> pa.Table | None:
     """Add log-probs and implicit rewards to a COMPLETIONS table (SCORED schema).
 
@@ -143,7 +147,8 @@ def score(
     the others None. ``local=True`` scores everything in this process (for stages that run
     on rank 0 alone, such as evaluation, while the other ranks wait elsewhere). ``prev_policy_path`` (with ``prev_ref_path``, None = no reference)
     fills the ``prev_*`` columns. ``shard_dir`` keeps finished shards across restarts; by
-    default a temporary folder is used (single process only).
+    default a temporary folder is used (single process only). ``share_prompts`` and
+    ``max_pad``: see :func:`iterdpo.logprobs.score_logps`.
     """
     import tempfile
 
@@ -161,7 +166,8 @@ def score(
         shard_dir = Path(tmp.name)
     try:
         score_shards(rows, paths, Path(shard_dir), tokenizer_path=tokenizer_path, model_cfg=model_cfg,
-                     batch_tokens=batch_tokens, shard_rows=shard_rows, rank=rank, world=world)
+                     batch_tokens=batch_tokens, shard_rows=shard_rows, rank=rank, world=world,
+                     share_prompts=share_prompts, max_pad=max_pad)
         if world > 1:
             distributed.barrier()
         if rank != 0:

@@ -61,8 +61,20 @@ def test_two_process_scoring_equals_one_process(toy_cache, tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.deepspeed
-@pytest.mark.parametrize("stage", ["zero2", "zero3"])
-def test_deepspeed_two_processes(stage, toy_cache, tmp_path):
+@pytest.mark.parametrize(
+    ("stage", "extra"),
+    [
+        ("zero2", []),
+        ("zero3", []),
+        # optimizer + weights offloaded to CPU: accelerate swaps in DeepSpeed's CPUAdam, whose C++
+        # op compiles on first use (~275 CPU-seconds, cached under TORCH_EXTENSIONS_DIR)
+        ("zero3_offload", []),
+        # LoRA under ZeRO-2: only the adapters train; adapter and merged model are saved
+        ("zero2", ["train.lora_r=8", "train.learning_rate=1e-2"]),
+    ],
+    ids=["zero2", "zero3", "zero3_offload", "zero2_lora"],
+)
+def test_deepspeed_two_processes(stage, extra, toy_cache, tmp_path):
     """The whole loop under a shipped DeepSpeed config; rank 0 writes a plain model with the trained weights."""
     pytest.importorskip("deepspeed")
     import yaml
@@ -73,7 +85,7 @@ def test_deepspeed_two_processes(stage, toy_cache, tmp_path):
     launcher = ["accelerate", "launch", "--config_file", str(tmp_path / "ds_cpu.yaml"), "--num_processes", "2",
                 "--main_process_port", str(free_port())]
     launcher[0] = str(Path(sys.executable).parent / "accelerate")
-    out = iterdpo("run", f"run.output_dir={tmp_path}", "train.checkpoint_every=2", *SMALL, launcher=launcher)
+    out = iterdpo("run", f"run.output_dir={tmp_path}", "train.checkpoint_every=2", *SMALL, *extra, launcher=launcher)
     train = json.loads((tmp_path / "toy" / "iter_1" / "train" / "manifest.json").read_text())["stats"]
     assert train["processes"] == 2, out.stdout[-2000:]
     assert train["first_loss"] == pytest.approx(math.log(2), abs=1e-4)
@@ -91,3 +103,5 @@ def test_deepspeed_two_processes(stage, toy_cache, tmp_path):
     assert got == pytest.approx(pm.column("policy_chosen_logps").to_pylist(), abs=1e-3)  # the saved model is the trained one
     assert max(abs(a - r["policy_chosen_logps"]) for a, r in zip(got, pairs, strict=True)) > 1e-2  # and it moved
     assert (tmp_path / "toy" / "summary.json").exists()
+    if extra:  # LoRA: the adapter is saved next to the merged model
+        assert (tmp_path / "toy" / "iter_1" / "train" / "adapter" / "adapter_config.json").exists()

@@ -14,6 +14,7 @@ from iterdpo.logprobs import (
     render_prompt,
     score_logps,
     sequence_logps,
+    token_logps,
 )
 
 
@@ -67,6 +68,29 @@ def test_sequence_logps_matches_a_per_token_loop(tiny):
             torch.testing.assert_close(out.embedding[b], emb.float(), atol=1e-5, rtol=1e-4)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("inplace", [False, True])
+@pytest.mark.parametrize("chunk", [1, 3])
+def test_token_logps_value_and_gradient_equal_log_softmax_gather(dtype, inplace, chunk):
+    torch.manual_seed(0)
+    B, L, V = 4, 7, 50
+    base = (3 * torch.randn(B, L + 1, V)).to(dtype)  # one more position than labels: it is not scored
+    labels = torch.randint(0, V, (B, L))
+    w = torch.randn(B, L)  # arbitrary upstream gradient
+    ref_in = base.clone().float().requires_grad_()
+    want = torch.log_softmax(ref_in[:, :L], -1).gather(2, labels.unsqueeze(-1)).squeeze(-1)
+    (want * w).sum().backward()
+    x = base.clone().requires_grad_()
+    logits = x * 1  # a non-leaf, like a model's output (the in-place gradient reuses its storage)
+    got, lse = token_logps(logits, labels, chunk_rows=chunk, inplace_grad=inplace)
+    (got * w).sum().backward()
+    tol = dict(atol=1e-5, rtol=1e-5) if dtype == torch.float32 else dict(atol=2e-2, rtol=2e-2)
+    torch.testing.assert_close(got, want.detach(), **({"atol": 1e-5, "rtol": 1e-5} if dtype == torch.float32 else {"atol": 1e-4, "rtol": 0}))
+    torch.testing.assert_close(lse, torch.logsumexp(base[:, :L].float(), -1), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(x.grad.float(), ref_in.grad, **tol)
+    assert not x.grad[:, L:].any()
+
+
 def test_padding_and_bucketing_do_not_change_logps(tiny):
     model, tok = tiny
     rows = [{"prompt": f"Write about the {w}.", "completion": " ".join([w] * (i + 1)), "finish_reason": "stop"} for i, w in enumerate(["cat", "dog", "sun", "tree", "river"] * 4)]
@@ -76,14 +100,45 @@ def test_padding_and_bucketing_do_not_change_logps(tiny):
     assert one == pytest.approx(small, abs=1e-4)
 
 
-@given(st.lists(st.integers(1, 300), min_size=0, max_size=200), st.integers(64, 4096), st.none() | st.integers(1, 16))
-def test_length_buckets_partition_under_budget(lengths, budget, max_batch):
-    batches = length_buckets(lengths, budget, max_batch)
+def test_shared_prompt_scoring_equals_full_sequences(tiny):
+    """Prompt run once + KV cache for its completions = every (prompt, completion) run whole."""
+    model, tok = tiny
+    words = ["cat", "dog", "sun", "tree", "river", "good", "bad"]
+    rows = [{"prompt": f"Write about the {p}, please, at length.", "completion": " ".join(words[(i + k) % 7] for k in range(1 + 3 * i)),
+             "finish_reason": "stop" if i % 3 else "length"} for p in ("cat", "dog") for i in range(6)]
+    rows.append({"prompt": "A lone prompt.", "completion": "sun", "finish_reason": "stop"})  # a group of one: bucketed
+    kw = dict(max_prompt_length=64, max_length=40)  # the longest completions get cut at the right end
+    want, want_n = score_logps(model, tok, rows, batch_tokens=10_000, **kw)
+    for max_batch in (None, 4):  # one response batch per prompt, and several sharing one prompt cache
+        got, got_n = score_logps(model, tok, rows, batch_tokens=10_000, share_prompts=2, max_batch=max_batch, max_pad=0.2, **kw)
+        assert got_n == want_n
+        assert got == pytest.approx(want, abs=1e-4)
+    cut, cut_n = score_logps(model, tok, rows[:6], batch_tokens=10_000, share_prompts=2, max_prompt_length=64, max_length=8)
+    assert cut_n == [0] * 6 and cut == [0.0] * 6  # prompt alone fills max_length: nothing to score
+
+
+def test_sequence_logps_skips_prompt_positions_without_changing_results(tiny):
+    """logits_to_keep starts at the batch's first response token; rows with longer prompts are unaffected."""
+    model, tok = tiny
+    enc = [encode(tok, "Hi.", "the cat", stopped=True, max_prompt_length=64, max_length=128),
+           encode(tok, "Write a long story about the river and the sun and the tree.", "calm", stopped=True, max_prompt_length=64, max_length=128)]
+    with torch.no_grad():
+        both = sequence_logps(model, collate(enc, tok.pad_token_id)).logps
+        alone = [float(sequence_logps(model, collate([e], tok.pad_token_id)).logps[0]) for e in enc]
+    assert both.tolist() == pytest.approx(alone, abs=1e-5)
+
+
+@given(st.lists(st.integers(1, 300), min_size=0, max_size=200), st.integers(64, 4096), st.none() | st.integers(1, 16),
+       st.none() | st.floats(0.0, 1.0))
+def test_length_buckets_partition_under_budget(lengths, budget, max_batch, max_pad):
+    batches = length_buckets(lengths, budget, max_batch, max_pad)
     flat = sorted(i for b in batches for i in b)
     assert flat == list(range(len(lengths)))
     for b in batches:
         assert b
         if len(b) > 1:  # a single over-long sequence gets a batch of its own
             assert max(lengths[i] for i in b) * len(b) <= budget
+            if max_pad is not None:
+                assert max(lengths[i] for i in b) * len(b) <= (1 + max_pad) * sum(lengths[i] for i in b) + 1e-9
         if max_batch:
             assert len(b) <= max_batch

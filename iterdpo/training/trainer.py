@@ -172,7 +172,12 @@ def train(
         if ds.deepspeed_config.get("gradient_clipping", "auto") == "auto":
             ds.deepspeed_config["gradient_clipping"] = cfg.max_grad_norm
     params = [p for p in model.parameters() if p.requires_grad]
-    optim = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+    # fused AdamW (one kernel per parameter, CPU and CUDA): the default foreach implementation
+    # builds parameter-sized temporaries at every step, which set the training peak when
+    # activations are small. TRL/transformers default to the same (optim="adamw_torch_fused").
+    # Under DeepSpeed the engine owns the update (CPUAdam with offload), so keep the plain one.
+    fused = ds is None and all(p.device.type in ("cpu", "cuda") for p in params)
+    optim = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay, fused=fused or None)
     sched = get_linear_schedule_with_warmup(optim, int(cfg.warmup_ratio * total_updates), total_updates)
     model, optim, sched = accelerator.prepare(model, optim, sched)
     model.train()
@@ -222,7 +227,7 @@ def train(
                     accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
                 optim.step()
                 sched.step()
-                optim.zero_grad()
+                optim.zero_grad(set_to_none=True)  # frees the gradients until the next backward
             margin = implicit_margin(pc.detach(), pr.detach(), rc, rr, lc, lr, loss=cfg.loss, beta=cfg.beta)
             stats = torch.stack([per_pair.detach().sum() * weight, (margin > 0).float().sum() * weight])
             stats = accelerator.reduce(stats, reduction="sum")
