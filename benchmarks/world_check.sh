@@ -16,3 +16,10 @@ for bias in 0.3 0.0; do
       data.eval_prompts=world run.name="offline_bias$bias" run.output_dir="$OUT" run.iterations=1 sera.offline=world \
       sera.offline_size=512 sera.offline_length_bias=$bias sera.ensemble_lambda=0 score.prev_policy=false train.epochs=2 $COMMON
 done
+# gentler offline DPO (benchmarks/world.md, second table)
+for bias in 0.3 0.0; do
+  $PY recipes/seraidpo.py --config recipes/configs/toy/seraidpo.yaml model.name_or_path=world data.prompts=world \
+      data.eval_prompts=world run.name="offline_lr2e-4_bias$bias" run.output_dir="$OUT" run.iterations=1 sera.offline=world \
+      sera.offline_size=512 sera.offline_length_bias=$bias sera.ensemble_lambda=0 score.prev_policy=false train.epochs=1 \
+      train.learning_rate=2e-4 $COMMON
+done

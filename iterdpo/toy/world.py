@@ -14,7 +14,7 @@ a biased offline preference set and a gold reward model (task: :mod:`iterdpo.toy
 
 Stages (sizes of ``SIZES['full']``):
 
-1. tokenizer: byte-level BPE (vocab 1024, so nearly every task word is one token) with
+1. tokenizer: byte-level BPE (asks for 1024, the corpus fills 778: ~1.1 tokens per word) with
    the toy's chat template (:func:`iterdpo.toy.build.build_tokenizer`);
 2. pretraining: next-token loss on a synthetic corpus (prompts, "the garden has rose and
    soil" association lines, warm-up-style responses), plain text without the template;
