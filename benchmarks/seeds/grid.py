@@ -73,7 +73,8 @@ WORLDS: dict[str, dict[str, list[str]]] = {
     },
     "world": {
         "common": ["model.name_or_path=world", "data.prompts=world", "data.eval_prompts=world", "annotate.gold=world"],
-        "rm_labels": ["annotate.annotator=reward_model", "evaluate.judge=gold"],
+        # the world's gold reward model labels (its folder filled in by build_grid); evaluation stays on gold
+        "rm_labels": ["annotate.annotator=reward_model", "annotate.reward_model={gold_rm}", "evaluate.judge=gold"],
         "oracle_labels": ["annotate.annotator=gold", "evaluate.judge=gold"],
         "offline": ["sera.offline=world"],
     },
@@ -176,6 +177,11 @@ BUILDERS = {"000": _arm_specs, "001": _margin_specs, "002": _apl_specs, "003": _
 def build_grid(size: str, seeds: list[int], papers: list[str], world: str) -> list[Job]:
     """Every job of the harness, longest first (so the pool's last jobs are short)."""
     sz, w = SIZES[size], WORLDS[world]
+    if world == "world":
+        from iterdpo.toy.world import world_dir
+
+        gold_rm = str(world_dir(0) / "gold_rm")
+        w = {k: [o.replace("{gold_rm}", gold_rm) for o in v] for k, v in w.items()}
     common = [f"evaluate.num_prompts={sz['eval_prompts']}", f"evaluate.max_tokens={sz['max_tokens']}",
               f"sample.max_tokens={sz['max_tokens']}", "run.report_to=none"]
     jobs = []

@@ -231,6 +231,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[harness] task ready in {time.time() - t0:.0f} s", flush=True)
         import multiprocessing as mp
 
+        import signal
+
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # a killed harness takes its workers with it (Pool.__exit__)
         ctx = mp.get_context("spawn")  # fresh workers: the caller may have torch loaded already
         counter = ctx.Value("i", 0)
         with ctx.Pool(a.workers, initializer=_init_worker, initargs=(counter, pending, start)) as pool:
