@@ -14,7 +14,7 @@ The four comparisons, all at equal annotation budget within a comparison:
 - 002 APL (Muldrew et al.): certainty / entropy / hybrid / random acquisition; labels from
   the gold function (the simulated oracle), init reset (the paper's default).
 - 003 SeRA (Ko et al.): SeRA / iterative / offline x losses dpo, ipo, slic, simpo x swapped
-  offline labels 0, 0.2, 0.4. "iterative" = SeRA's loop with no selection and no
+  offline labels 0, 0.2, 0.4 (on the world, on top of its annotator's length bias). "iterative" = SeRA's loop with no selection and no
   bootstrapping (k1 = |D|, k2 = 0, reference = previous iterate: the paper's iterative DPO);
   "offline" = one training stage on D against the SFT reference with as many epochs as the
   iterative methods have iterations (the same number of passes over D).
@@ -48,11 +48,11 @@ LOSS_OVERRIDES = {
 # that still runs every strategy (CI).
 SIZES: dict[str, dict] = {
     "full": {
-        "eval_prompts": 128, "max_tokens": 48,
-        "margin": {"iterations": 3, "prompts": 128, "n": 4, "epochs": 2},
-        "apl": {"iterations": 4, "prompts": 64, "fraction": 0.25, "epochs": 4},
-        "arm": {"prompts": 256, "n": 8, "rounds": 4, "batch": 64, "test_prompts": 64},
-        "sera": {"iterations": 3, "offline_size": 256, "n": 4, "noise": NOISE},
+        "eval_prompts": 64, "max_tokens": 48,
+        "margin": {"iterations": 3, "prompts": 64, "n": 4, "epochs": 2},
+        "apl": {"iterations": 4, "prompts": 48, "fraction": 0.25, "epochs": 4},
+        "arm": {"prompts": 128, "n": 6, "rounds": 4, "batch": 32, "test_prompts": 48},
+        "sera": {"iterations": 3, "offline_size": 48, "n": 4, "noise": NOISE},
     },
     "smoke": {
         "eval_prompts": 16, "max_tokens": 16,
@@ -175,7 +175,7 @@ BUILDERS = {"000": _arm_specs, "001": _margin_specs, "002": _apl_specs, "003": _
 
 
 def build_grid(size: str, seeds: list[int], papers: list[str], world: str) -> list[Job]:
-    """Every job of the harness, longest first (so the pool's last jobs are short)."""
+    """Every job of the harness, seed by seed, longest first within a seed."""
     sz, w = SIZES[size], WORLDS[world]
     if world == "world":
         from iterdpo.toy.world import world_dir
@@ -191,7 +191,8 @@ def build_grid(size: str, seeds: list[int], papers: list[str], world: str) -> li
                 job.specs = [Spec(sp.paper, sp.setting, sp.strategy, sp.seed, sp.recipe, (*sp.overrides, *common, f"run.seed={seed}"))
                              for sp in job.specs]
                 jobs.append(job)
-    return sorted(jobs, key=lambda j: -j.cost)
+    # seed-major: a harness stopped early holds whole seeds; within a seed the longest jobs first
+    return sorted(jobs, key=lambda j: (j.specs[0].seed, -j.cost))
 
 
 def reported_rows(spec: Spec) -> list[tuple[str, str]]:

@@ -124,6 +124,24 @@ def length_correlation(argv: list[str]) -> dict:
     return {"sft_implicit_reward_length_pearson": pearson(rewards, lengths), "sft_implicit_reward_mean": sum(rewards) / len(rewards)}
 
 
+def run_final_eval(argv: list[str]) -> dict:
+    """SeRA's recipe loop (recipes/seraidpo.py) with the held-out evaluation of the last
+    iteration only: the SeRA grid reports the final policy, and evaluating every iterate
+    would cost a third of its time. Returns the final evaluate stats and the pairs trained."""
+    from iterdpo import loop
+    from iterdpo.config import load_config
+
+    cfg = load_config(argv[1], argv[2:])
+    run, _ = loop.start_run(cfg)
+    last = cfg.run.iterations
+    for k in range(1, last + 1):
+        for stage in loop.STAGES:
+            if stage != "evaluate" or k == last:
+                loop.run_stage(run, stage, k)
+    return {"evaluate": run.stats(last, "evaluate"), "baseline_mean_gold_reward": run.stats(last, "evaluate").get("baseline_mean_gold_reward"),
+            "pairs": [run.stats(k, "train")["pairs"] for k in range(1, last + 1)]}
+
+
 def metrics_of(spec: Spec, argv: list[str], summary: dict) -> tuple[dict, list[dict]]:
     """(final metrics, per-iteration / per-round curve) of a finished run."""
     if spec.paper == "000":
@@ -131,15 +149,21 @@ def metrics_of(spec: Spec, argv: list[str], summary: dict) -> tuple[dict, list[d
         last = curve[-1]
         return {"one_minus_spearman": last["one_minus_spearman"], "best_of_n": last["best_of_n"],
                 "oracle_best_of_n": summary["oracle_best_of_n"], "random_best_of_n": summary["random_best_of_n"]}, curve
+    if spec.paper == "003":
+        ev = summary["evaluate"]
+        m = {"gold_win_rate_vs_sft": ev["win_rate"], "mean_gold_reward": ev.get("mean_gold_reward"),
+             "sft_mean_gold_reward": ev.get("baseline_mean_gold_reward"), "mean_length": ev["mean_length"],
+             "pairs_trained": float(sum(summary["pairs"]))}
+        m.update(length_correlation(argv))
+        return m, [{"iteration": k + 1, "pairs_trained": p} for k, p in enumerate(summary["pairs"])]
     its = summary["iterations"]
     curve = [{"iteration": i["iteration"], "pairs_trained": i["pairs_trained"], "gold_win_rate_vs_sft": i["gold_win_rate_vs_sft"],
               "mean_gold_reward": i["mean_gold_reward"], "mean_length": i["mean_length"]} for i in its]
     last = its[-1]
     m = {"gold_win_rate_vs_sft": last["gold_win_rate_vs_sft"], "mean_gold_reward": last["mean_gold_reward"],
          "sft_mean_gold_reward": summary.get("baseline_mean_gold_reward"), "mean_length": last["mean_length"],
+         # labels bought: iterative DPO trains on each iteration's new pairs; APL (init reset) on all so far
          "pairs_trained": float(sum(i["pairs_trained"] for i in its) if spec.paper != "002" else last["pairs_trained"])}
-    if spec.paper == "003":
-        m.update(length_correlation(argv))
     return m, curve
 
 
@@ -157,7 +181,7 @@ def run_job(job: Job, out: str) -> list[dict]:
         with _output_to(out_dir / "logs" / f"{spec.run_id}.log") as console:
             try:
                 print(f"[harness] {spec.recipe} {' '.join(argv)}", flush=True)
-                summary = _recipe(spec.recipe).main(argv)
+                summary = run_final_eval(argv) if spec.paper == "003" else _recipe(spec.recipe).main(argv)
                 metrics, curve = metrics_of(spec, argv, summary)
             except Exception:  # one failed run must not stop the others: report it, keep going
                 error = traceback.format_exc()
@@ -230,7 +254,6 @@ def main(argv: list[str] | None = None) -> int:
         ensure_task(a.world)
         print(f"[harness] task ready in {time.time() - t0:.0f} s", flush=True)
         import multiprocessing as mp
-
         import signal
 
         signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # a killed harness takes its workers with it (Pool.__exit__)
