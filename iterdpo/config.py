@@ -55,7 +55,7 @@ class RunConfig(_Section):
 
 class ModelConfig(_Section):
     name_or_path: str = Field(
-        "toy", description="HF model folder or hub id; 'toy' builds (and caches) the built-in toy model."
+        "toy", description="HF model folder or hub id; 'toy' builds (and caches) the built-in toy model, 'world' the world task's SFT model (iterdpo.toy.world)."
     )
     tokenizer: str | None = Field(None, description="Tokenizer folder if not the model's.")
     max_length: int = Field(256, ge=8, description="Prompt + response tokens kept; longer ones are cut from the response's end.")
@@ -79,10 +79,10 @@ class BudgetConfig(_Section):
 class DataConfig(_Section):
     prompts: str = Field(
         "toy",
-        description="Prompt file (.jsonl/.json/.parquet with a 'prompt' field), 'toy', or a dataset "
+        description="Prompt file (.jsonl/.json/.parquet with a 'prompt' field), 'toy', 'world' (the world task's), or a dataset "
         "'hf:NAME[:SPLIT][?field=F&config=C&words=N&limit=N]' (hub id or local folder; see iterdpo.hub).",
     )
-    eval_prompts: str = Field("toy", description="Held-out prompts for evaluation: a file, 'toy' or 'hf:...' as for prompts.")
+    eval_prompts: str = Field("toy", description="Held-out prompts for evaluation: a file, 'toy', 'world' or 'hf:...' as for prompts.")
     prompts_per_iteration: int | list[int] | BudgetConfig = Field(
         256,
         description="Prompts drawn each iteration: one number, one per iteration, "
@@ -223,6 +223,11 @@ class AnnotateConfig(_Section):
     )
     judge: JudgeConfig = Field(default_factory=JudgeConfig)
     noise: float = Field(0.0, ge=0.0, le=1.0, description="Fraction of labelled pairs whose chosen/rejected are swapped (seeded), for robustness experiments.")
+    gold: Literal["toy", "world"] | None = Field(
+        None, description="Gold reward of the 'gold' annotator and of evaluation's gold metrics (mean_gold_reward): 'toy' "
+        "(iterdpo.toy.task) or 'world' (iterdpo.toy.world_task). None = the task of model.name_or_path when that is 'toy' or 'world', "
+        "else no gold metrics (and 'toy' for the gold annotator). Set it to use a task's gold with a model given by path.",
+    )
 
 
 class TrainConfig(_Section):
@@ -312,10 +317,15 @@ class WandbConfig(_Section):
 class SeraConfig(_Section):
     offline: str = Field(
         "toy", description="Offline preference pairs: a .jsonl/.json/.parquet file with prompt, chosen, rejected "
-        "(texts or chat messages), or 'toy' (warm-up-style answers to the toy prompts, labelled by the gold reward)."
+        "(texts or chat messages), 'toy' (warm-up-style answers to the toy prompts, labelled by the gold reward) or "
+        "'world' (the world's train prompts, labelled by a length-biased annotator: offline_length_bias, offline_noise)."
     )
-    offline_size: int = Field(512, ge=1, description="Pairs of the 'toy' offline set (one per toy training prompt, at most 832).")
-    offline_noise: float = Field(0.0, ge=0.0, lt=1.0, description="Share of 'toy' offline labels swapped at random (the paper tests 0.2 and 0.4).")
+    offline_size: int = Field(512, ge=1, description="Pairs of the 'toy' / 'world' offline set (one per training prompt; toy: at most 832, world: cycles over its 1744).")
+    offline_noise: float = Field(0.0, ge=0.0, lt=1.0, description="Share of 'toy' / 'world' offline labels swapped at random (the paper tests 0.2 and 0.4).")
+    offline_length_bias: float = Field(
+        0.3, ge=0.0, le=1.0, description="'world' only: share of offline pairs the annotator labels by length (longer chosen, whatever "
+        "the quality) before the noise swaps; UltraFeedback-like length bias (iterdpo.toy.world_task.offline_pairs).",
+    )
     k1_fraction: float = Field(0.7, gt=0.0, le=1.0, description="Offline pairs kept from iteration 2 on: the top ceil(k1_fraction*|D|) by ensemble implicit reward margin.")
     k2_fraction: float = Field(0.3, ge=0.0, le=1.0, description="Bootstrapped pairs kept: the top ceil(k2_fraction*|D|) prompts by the margin of their (argmax, argmin) pair.")
     ensemble_lambda: float = Field(
@@ -348,6 +358,10 @@ class Config(_Section):
                              "'previous' (or 'none' with simpo) and run.init 'continue'")
         if self.select.selector == "sera" and self.sera.ensemble_lambda > 0 and not self.score.prev_policy:
             raise ValueError("sera.ensemble_lambda > 0 needs pi_{t-2}'s rewards: set score.prev_policy: true (or lambda 0)")
+        if self.annotate.gold is None and self.model.name_or_path in ("toy", "world"):
+            self.annotate.gold = self.model.name_or_path  # the task's own gold reward, written into the saved config
+        if self.model.name_or_path == "world" and self.annotate.gold == "toy":
+            raise ValueError("model.name_or_path 'world' with annotate.gold 'toy': the toy's gold reward does not fit the world task")
         if self.run.init == "reset" and self.run.reference == "previous":
             raise ValueError("run.init 'reset' retrains the initial model, so run.reference must be 'fixed' or 'none'")
         counts = self.data.prompts_per_iteration

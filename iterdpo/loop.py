@@ -57,6 +57,7 @@ class Run:
         self.cfg = cfg
         self.rd = RunDir(cfg.run_dir())
         self._toy: Path | None = None
+        self._world: Path | None = None
 
     # --- inputs ------------------------------------------------------------------
 
@@ -67,9 +68,20 @@ class Run:
             self._toy = ensure_toy()
         return self._toy
 
+    def world_dir(self) -> Path:
+        if self._world is None:
+            from iterdpo.toy.world import ensure_world
+
+            self._world = ensure_world()
+        return self._world
+
+    def task_dir(self, name: str) -> Path | None:
+        """The cache folder of a built-in task shorthand ('toy', 'world'), else None."""
+        return self.toy_dir() if name == "toy" else self.world_dir() if name == "world" else None
+
     def initial_model(self) -> str:
         name = self.cfg.model.name_or_path
-        return str(self.toy_dir() / "sft") if name == "toy" else name
+        return str(self.task_dir(name) / "sft") if name in ("toy", "world") else name
 
     def prompt_file(self, which: str) -> Path:
         value = self.cfg.data.prompts if which == "train" else self.cfg.data.eval_prompts
@@ -77,7 +89,7 @@ class Run:
             from iterdpo.hub import materialize
 
             return materialize(value, self.rd.root / f"prompts_{which}.jsonl")
-        return self.toy_dir() / f"prompts_{which}.jsonl" if value == "toy" else Path(value)
+        return self.task_dir(value) / f"prompts_{which}.jsonl" if value in ("toy", "world") else Path(value)
 
     def prompts_for(self, k: int):
         """Iteration k's prompts: consecutive slices of one seeded shuffle (wrapping around)."""
@@ -403,10 +415,10 @@ def eval_judge_name(cfg: Config) -> str:
     name = cfg.evaluate.judge
     if name == "auto":
         name = cfg.annotate.annotator if cfg.annotate.annotator in ("gold", "reward_model", "judge") else "gold"
-        if name == "gold" and cfg.model.name_or_path != "toy":
+        if name == "gold" and cfg.annotate.gold is None:
             raise ConfigError(
-                f"evaluate.judge: 'auto' with annotator {cfg.annotate.annotator!r} outside the toy task has no judge; "
-                "set evaluate.judge to reward_model or judge"
+                f"evaluate.judge: 'auto' with annotator {cfg.annotate.annotator!r} outside the toy and world tasks has no judge; "
+                "set evaluate.judge to reward_model or judge (or annotate.gold to the task's gold reward)"
             )
     return name
 
@@ -416,8 +428,8 @@ def evaluate(run: Run, k: int) -> dict:
 
     from iterdpo import scoring
     from iterdpo.annotation import get_annotator
+    from iterdpo.annotation.gold import gold_reward_fn
     from iterdpo.evaluation import compare
-    from iterdpo.toy.task import gold_reward
 
     cfg = run.cfg
     judge_name = eval_judge_name(cfg)
@@ -428,7 +440,7 @@ def evaluate(run: Run, k: int) -> dict:
                  judge=judge_name, ref=run.model_key(ref), beta=cfg.score.beta)
 
     def write(tmp: Path) -> dict:
-        gold = gold_reward if cfg.model.name_or_path == "toy" else None
+        gold = gold_reward_fn(cfg.annotate.gold) if cfg.annotate.gold else None
         answers = run.data(k, "eval_responses", "completions.parquet")
         base = run.data(None, "baseline", "completions.parquet")
         # both answer sets scored by pi_k and its training reference: KL and implicit-reward metrics

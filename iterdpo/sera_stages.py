@@ -32,8 +32,9 @@ OFFLINE_PREFIX = "offline-"
 def offline(run: loop.Run) -> dict:
     """The offline preference set D, validated, as ``offline/pairs.parquet`` (OFFLINE_PAIRS)."""
     cfg, s = run.cfg, run.cfg.sera
-    source = s.offline if s.offline == "toy" else run.model_key(s.offline)  # a file: its content
-    key = key_of(offline=source, size=s.offline_size, noise=s.offline_noise, seed=cfg.run.seed)
+    source = s.offline if s.offline in ("toy", "world") else run.model_key(s.offline)  # a file: its content
+    bias = {"length_bias": s.offline_length_bias} if s.offline == "world" else {}
+    key = key_of(offline=source, size=s.offline_size, noise=s.offline_noise, seed=cfg.run.seed, **bias)
 
     def write(tmp: Path) -> dict:
         if s.offline == "toy":
@@ -42,6 +43,13 @@ def offline(run: loop.Run) -> dict:
             prompts = records.load_prompts(run.prompt_file("train")).column("prompt").to_pylist()[: s.offline_size]
             path = tmp / "offline_source.jsonl"
             rows = offline_pairs(prompts, seed=loop.derived_seed(cfg, "offline"), noise=s.offline_noise)
+            path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        elif s.offline == "world":  # the world's train prompts, labelled by its length-biased, noisy annotator
+            from iterdpo.toy.world_task import offline_pairs as world_pairs
+
+            path = tmp / "offline_source.jsonl"
+            rows = world_pairs(seed=loop.derived_seed(cfg, "offline"), length_bias=s.offline_length_bias,
+                               noise=s.offline_noise, size=s.offline_size)
             path.write_text("".join(json.dumps(r) + "\n" for r in rows))
         else:
             path = Path(s.offline)

@@ -176,7 +176,7 @@ def submit(args: argparse.Namespace) -> list[str]:
     cfg.run.output_dir = str(Path(cfg.run.output_dir).resolve())
     for field in ("prompts", "eval_prompts"):
         value = getattr(cfg.data, field)
-        if value != "toy" and not value.startswith("hf:") and Path(value).exists():
+        if value not in ("toy", "world") and not value.startswith("hf:") and Path(value).exists():
             setattr(cfg.data, field, str(Path(value).resolve()))
     if Path(cfg.model.name_or_path).exists():
         cfg.model.name_or_path = str(Path(cfg.model.name_or_path).resolve())

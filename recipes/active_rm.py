@@ -52,9 +52,10 @@ def embed_stage(run: loop.Run) -> dict:
     key = key_of(pool=run.stage_key(1, "sample"), test=run.stage_key(None, "arm/test_sample"), embedding=a.embedding, model=run.model_key(run.initial_model()), model_cfg=cfg.model.model_dump())
 
     def write(tmp: Path) -> dict:
+        from iterdpo.annotation.gold import gold_reward_fn
         from iterdpo.selection import embed
-        from iterdpo.toy.task import gold_reward
 
+        gold_reward = gold_reward_fn(cfg.annotate.gold)
         out = {}
         for name, table in (("pool", run.data(1, "sample", "completions.parquet")), ("test", run.data(None, "arm/test_sample", "completions.parquet"))):
             if a.embedding == "policy":
@@ -145,8 +146,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("overrides", nargs="*", metavar="section.key=value")
     args = parser.parse_args(argv)
     cfg = load_config(args.config, args.overrides)
-    if cfg.model.name_or_path != "toy":
-        raise ConfigError(f"{args.config}: model.name_or_path: the simulated annotator needs the toy task's gold reward, so this recipe runs on 'toy' only")
+    if cfg.annotate.gold is None:
+        raise ConfigError(f"{args.config}: the simulated annotator needs a task's gold reward: model.name_or_path 'toy' or 'world', "
+                          "or annotate.gold set for a model given by path")
     a = cfg.arm
 
     run = loop.Run(cfg)

@@ -10,7 +10,7 @@ label file keyed by completion ids) define ``compare_rows(a_rows, b_rows)`` inst
 the SCORED rows of both sides; annotators with counters (a judge's tokens and cost) define
 ``stats()``, merged into the annotate manifest's stats.
 
-Available: ``gold`` (toy task), ``reward_model`` (:mod:`.reward_model`), ``judge``
+Available: ``gold`` (a task's gold reward, ``annotate.gold``: toy or world), ``reward_model`` (:mod:`.reward_model`), ``judge``
 (:mod:`.judge`), ``implicit`` (:mod:`.implicit`), ``human`` (:mod:`.human`). Label noise
 (:mod:`.noise`) swaps a seeded fraction of the oriented pairs afterwards.
 
@@ -57,7 +57,7 @@ def get_annotator(name: str, cfg=None, *, run_dir=None, iteration: int | None = 
     if name == "gold":
         from iterdpo.annotation.gold import GoldAnnotator
 
-        return GoldAnnotator()
+        return GoldAnnotator(getattr(cfg, "gold", None) or "toy")
     if cfg is None:
         raise ValueError(f"annotator {name!r} needs the annotate config section")
     if name == "reward_model":

@@ -1,8 +1,23 @@
-"""The toy task's gold reward as an annotator: a noiseless oracle."""
+"""A task's gold reward as an annotator: a noiseless oracle.
+
+``GOLD_REWARDS`` names the programmatic gold rewards: ``toy`` (:func:`iterdpo.toy.task.gold_reward`)
+and ``world`` (:func:`iterdpo.toy.world_task.gold_reward`). ``annotate.gold`` picks one for
+the gold annotator and for evaluation's gold metrics.
+"""
 
 from __future__ import annotations
 
-from iterdpo.toy.task import gold_reward
+from collections.abc import Callable
+
+from iterdpo.toy import task, world_task
+
+GOLD_REWARDS: dict[str, Callable[[str, str], float]] = {"toy": task.gold_reward, "world": world_task.gold_reward}
+
+
+def gold_reward_fn(name: str) -> Callable[[str, str], float]:
+    if name not in GOLD_REWARDS:
+        raise ValueError(f"unknown gold reward {name!r}; available: {sorted(GOLD_REWARDS)}")
+    return GOLD_REWARDS[name]
 
 
 class GoldAnnotator:
@@ -10,5 +25,8 @@ class GoldAnnotator:
 
     name = "gold"
 
+    def __init__(self, gold: str = "toy"):
+        self.gold = gold_reward_fn(gold)
+
     def compare(self, prompts: list[str], a: list[str], b: list[str]) -> list[float | None]:
-        return [gold_reward(x, ya) - gold_reward(x, yb) for x, ya, yb in zip(prompts, a, b, strict=True)]
+        return [self.gold(x, ya) - self.gold(x, yb) for x, ya, yb in zip(prompts, a, b, strict=True)]
