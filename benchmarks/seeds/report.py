@@ -216,6 +216,8 @@ def _bars(ax, agg: dict, paper: str, setting: str, metric: str, title: str) -> N
     ses = [0 if math.isnan(e := agg[(paper, setting, s, metric)][1]) else e for s in names]
     ax.bar(range(len(names)), means, yerr=ses, capsize=3, color="tab:blue")
     ax.set_xticks(range(len(names)), names, rotation=30, ha="right")
+    if metric == "gold_win_rate_vs_sft":
+        ax.axhline(0.5, color="gray", linestyle=":", linewidth=1)  # parity with the SFT model
     ax.set_title(title, fontsize=9)
     ax.set_ylabel(metric, fontsize=8)
 
@@ -249,6 +251,7 @@ def plots(agg: dict, recs: list[dict], out: Path) -> list[Path]:
         _bars(axes[0], agg, "002", "acquisition", "gold_win_rate_vs_sft", "APL: gold win rate vs SFT after the last step")
         for s, (xs, ys) in _curves(recs, "002", "acquisition", "gold_win_rate_vs_sft", "iteration").items():
             axes[1].plot(xs, ys, marker="o", label=s)
+        axes[1].axhline(0.5, color="gray", linestyle=":", linewidth=1)
         axes[1].set_xlabel("acquisition step")
         axes[1].set_ylabel("gold win rate vs SFT (mean over seeds)", fontsize=8)
         axes[1].legend(fontsize=7)
@@ -276,6 +279,8 @@ def plots(agg: dict, recs: list[dict], out: Path) -> list[Path]:
                     means = [agg[k][0] if k in agg else math.nan for k in keys]
                     ses = [0 if k not in agg or math.isnan(agg[k][1]) else agg[k][1] for k in keys]
                     ax.bar([x + (m_i - 1) * width for x in range(len(NOISE))], means, width, yerr=ses, capsize=2, label=method)
+                if metric == "gold_win_rate_vs_sft":
+                    ax.axhline(0.5, color="gray", linestyle=":", linewidth=1)  # parity with the SFT model
                 ax.set_xticks(range(len(NOISE)), [f"noise {n}" for n in NOISE], fontsize=8)
                 ax.set_title(f"{loss}: {label}", fontsize=8)
         axes[0, 0].legend(fontsize=7)
