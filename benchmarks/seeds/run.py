@@ -1,0 +1,283 @@
+"""Reproduce the four papers' comparisons on a synthetic task with a known gold reward:
+strategies x seeds through the real recipes, then a results table and plots.
+
+    python benchmarks/seeds/run.py                       # --size full, 3 seeds, the world
+    python benchmarks/seeds/run.py --size smoke          # 1 seed, smallest size (CI)
+    python benchmarks/seeds/run.py --only 001,002 --seeds 5 --workers 2 --out /tmp/seeds
+
+Steps:
+
+    grid      benchmarks/seeds/grid.py: one Spec per run (recipe + section.key=value
+              overrides), grouped into jobs (a seed's active-reward-modelling runs share
+              one run directory, so they form one job)
+    task      the world (iterdpo.toy.world.ensure_world) or the toy task is built once,
+              cached under $ITERDPO_CACHE, before the workers start
+    runs      a pool of --workers processes (torch.set_num_threads(1) each), each running
+              many runs in-process through the recipes' main(argv) -> summary dict; every
+              finished run writes <out>/records/<run_id>.json (its metrics); a run with a
+              record is never rerun, so a killed harness resumes where it stopped (and an
+              unfinished run resumes from its finished stages, the recipes' own resume)
+    report    benchmarks/seeds/report.py: <results>/results.csv (one row per run and
+              metric), results.md (mean +- standard error over seeds) and PNG plots
+
+Each run's output goes to <out>/runs/<run_id>/harness.log; the harness prints one line
+per finished run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib.util
+import json
+import math
+import os
+import sys
+import time
+import traceback
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parents[1]
+sys.path[:0] = [str(ROOT), str(HERE)]  # iterdpo from this checkout; grid / report beside this file
+
+from grid import PAPERS, SIZES, WORLDS, Job, Spec, build_grid  # noqa: E402
+
+# --- worker side: one process runs many runs, torch imported once ----------------------
+
+_COUNTER = None  # multiprocessing.Value: finished runs so far (for the progress line)
+_TOTAL = 0
+_START = 0.0
+_RECIPES: dict = {}
+
+
+def _init_worker(counter, total: int, start: float) -> None:
+    global _COUNTER, _TOTAL, _START
+    _COUNTER, _TOTAL, _START = counter, total, start
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    import torch
+
+    torch.set_num_threads(1)  # two workers on two cores: one thread each
+
+
+def _recipe(name: str):
+    """recipes/<name>.py as a module (imported once per worker)."""
+    if name not in _RECIPES:
+        spec = importlib.util.spec_from_file_location(f"recipe_{name}", ROOT / "recipes" / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        _RECIPES[name] = module
+    return _RECIPES[name]
+
+
+@contextlib.contextmanager
+def _output_to(path: Path):
+    """Send this process's stdout and stderr (file descriptors too, so tqdm and C code
+    follow) to ``path`` for the duration; yields a writer to the original stdout."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved_out, saved_err = os.dup(1), os.dup(2)
+    console = os.fdopen(os.dup(saved_out), "w", buffering=1)
+    with open(path, "a") as log:
+        os.dup2(log.fileno(), 1)
+        os.dup2(log.fileno(), 2)
+        try:
+            yield console
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os.dup2(saved_out, 1)
+            os.dup2(saved_err, 2)
+            os.close(saved_out)
+            os.close(saved_err)
+            console.close()
+
+
+def config_of(spec: Spec) -> str:
+    return str(ROOT / "recipes" / "configs" / "toy" / f"{spec.recipe}.yaml")
+
+
+def argv_of(spec: Spec, out: Path) -> list[str]:
+    name = f"000-arm-s{spec.seed}" if spec.paper == "000" else spec.run_id  # ARM strategies share a run dir
+    return ["--config", config_of(spec), *spec.overrides, f"run.output_dir={out / 'runs'}", f"run.name={name}"]
+
+
+def length_correlation(argv: list[str]) -> dict:
+    """Implicit reward of the final policy's held-out answers against the SFT model,
+    r = beta * (log pi_T(y|x) - log pi_SFT(y|x)) (score.beta), and its Pearson correlation
+    with the answer's length in tokens; one definition for every loss and method (SimPO's
+    own reward has no reference, and SeRA's reference is pi_{T-1})."""
+    from iterdpo import loop, scoring
+    from iterdpo.config import load_config
+    from iterdpo.evaluation import pearson
+
+    cfg = load_config(argv[1], argv[2:])
+    run = loop.Run(cfg)
+    k = cfg.run.iterations
+    answers = run.data(k, "eval_responses", "completions.parquet")
+    scored = scoring.score(answers, run.policy(k), run.initial_model(), tokenizer_path=cfg.model.tokenizer, model_cfg=cfg.model,
+                           beta=cfg.score.beta, batch_tokens=cfg.score.batch_tokens, local=True)
+    rewards, lengths = scored.column("reward").to_pylist(), scored.column("num_tokens").to_pylist()
+    return {"sft_implicit_reward_length_pearson": pearson(rewards, lengths), "sft_implicit_reward_mean": sum(rewards) / len(rewards)}
+
+
+def run_final_eval(argv: list[str]) -> dict:
+    """SeRA's recipe loop (recipes/seraidpo.py) with the held-out evaluation of the last
+    iteration only: the SeRA grid reports the final policy, and evaluating every iterate
+    would cost a third of its time. Returns the final evaluate stats and the pairs trained."""
+    from iterdpo import loop
+    from iterdpo.config import load_config
+
+    cfg = load_config(argv[1], argv[2:])
+    run, _ = loop.start_run(cfg)
+    last = cfg.run.iterations
+    for k in range(1, last + 1):
+        for stage in loop.STAGES:
+            if stage != "evaluate" or k == last:
+                loop.run_stage(run, stage, k)
+    return {"evaluate": run.stats(last, "evaluate"), "baseline_mean_gold_reward": run.stats(last, "evaluate").get("baseline_mean_gold_reward"),
+            "pairs": [run.stats(k, "train")["pairs"] for k in range(1, last + 1)]}
+
+
+def metrics_of(spec: Spec, argv: list[str], summary: dict) -> tuple[dict, list[dict]]:
+    """(final metrics, per-iteration / per-round curve) of a finished run."""
+    if spec.paper == "000":
+        curve = [{"labels": c["labels"], "one_minus_spearman": c["one_minus_spearman"], "best_of_n": c["best_of_n"]} for c in summary["rounds"]]
+        last = curve[-1]
+        return {"one_minus_spearman": last["one_minus_spearman"], "best_of_n": last["best_of_n"],
+                "oracle_best_of_n": summary["oracle_best_of_n"], "random_best_of_n": summary["random_best_of_n"]}, curve
+    if spec.paper == "003":
+        ev = summary["evaluate"]
+        m = {"gold_win_rate_vs_sft": ev["win_rate"], "mean_gold_reward": ev.get("mean_gold_reward"),
+             "sft_mean_gold_reward": ev.get("baseline_mean_gold_reward"), "mean_length": ev["mean_length"],
+             "pairs_trained": float(sum(summary["pairs"]))}
+        m.update(length_correlation(argv))
+        return m, [{"iteration": k + 1, "pairs_trained": p} for k, p in enumerate(summary["pairs"])]
+    its = summary["iterations"]
+    curve = [{"iteration": i["iteration"], "pairs_trained": i["pairs_trained"], "gold_win_rate_vs_sft": i["gold_win_rate_vs_sft"],
+              "mean_gold_reward": i["mean_gold_reward"], "mean_length": i["mean_length"]} for i in its]
+    last = its[-1]
+    m = {"gold_win_rate_vs_sft": last["gold_win_rate_vs_sft"], "mean_gold_reward": last["mean_gold_reward"],
+         "sft_mean_gold_reward": summary.get("baseline_mean_gold_reward"), "mean_length": last["mean_length"],
+         # labels bought: iterative DPO trains on each iteration's new pairs; APL (init reset) on all so far
+         "pairs_trained": float(sum(i["pairs_trained"] for i in its) if spec.paper != "002" else last["pairs_trained"])}
+    return m, curve
+
+
+def run_job(job: Job, out: str) -> list[dict]:
+    """Run a job's specs in order (skipping those with a record); returns their records."""
+    out_dir = Path(out)
+    done = []
+    for spec in job.specs:
+        record_path = out_dir / "records" / f"{spec.run_id}.json"
+        if record_path.exists():
+            continue
+        argv = argv_of(spec, out_dir)
+        start = time.time()
+        error = None
+        with _output_to(out_dir / "logs" / f"{spec.run_id}.log") as console:
+            try:
+                print(f"[harness] {spec.recipe} {' '.join(argv)}", flush=True)
+                summary = run_final_eval(argv) if spec.paper == "003" else _recipe(spec.recipe).main(argv)
+                metrics, curve = metrics_of(spec, argv, summary)
+            except Exception:  # one failed run must not stop the others: report it, keep going
+                error = traceback.format_exc()
+                print(error, flush=True)
+            wall = time.time() - start
+            with _COUNTER.get_lock():
+                _COUNTER.value += 1
+                n = _COUNTER.value
+            if error is None:
+                record = {"run_id": spec.run_id, "paper": spec.paper, "setting": spec.setting, "strategy": spec.strategy,
+                          "seed": spec.seed, "recipe": spec.recipe, "argv": argv, "wall_seconds": round(wall, 2),
+                          "metrics": {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in metrics.items()},
+                          "curve": curve, "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S")}
+                record_path.parent.mkdir(parents=True, exist_ok=True)
+                tmp = record_path.with_suffix(".tmp")
+                tmp.write_text(json.dumps(record, indent=1))
+                os.replace(tmp, record_path)  # atomic: a record exists only for a finished run
+                done.append(record)
+                head = ", ".join(f"{k} {v:.3f}" for k, v in list(record["metrics"].items())[:2] if isinstance(v, float))
+                status = f"done in {wall:5.1f} s  {head}"
+            else:
+                status = f"FAILED after {wall:.1f} s: {error.strip().splitlines()[-1]} (log: {out_dir / 'logs' / (spec.run_id + '.log')})"
+            console.write(f"[harness] {n:>3}/{_TOTAL} {time.time() - _START:6.0f} s  {spec.run_id:<40} {status}\n")
+    return done
+
+
+# --- main side --------------------------------------------------------------------------
+
+
+def ensure_task(world: str) -> None:
+    """Build (or find cached) the task's models before the workers start, once."""
+    if world == "world":
+        from iterdpo.toy.world import ensure_world
+
+        ensure_world(0)
+    else:
+        from iterdpo.toy.build import ensure_toy
+
+        ensure_toy()
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--size", choices=sorted(SIZES), default="full", help="full: ~40 min on 2 cores; smoke: the CI check")
+    p.add_argument("--seeds", type=int, default=None, help="seeds 0..N-1 (default: 3 for full, 1 for smoke)")
+    p.add_argument("--only", default=",".join(PAPERS), help="papers, e.g. 000,001 (default: all four)")
+    p.add_argument("--workers", type=int, default=2, help="worker processes (one torch thread each)")
+    p.add_argument("--world", choices=sorted(WORLDS), default="world", help="the richer world or the built-in toy task")
+    p.add_argument("--out", default=str(HERE / "out"), help="records, run folders and logs (out of git)")
+    p.add_argument("--results", default=None, help="where results.csv / results.md / plots go (default: <out>/results)")
+    a = p.parse_args(argv)
+    papers = [x.strip() for x in a.only.split(",") if x.strip()]
+    if bad := [x for x in papers if x not in PAPERS]:
+        p.error(f"--only: unknown paper(s) {bad}; choose from {','.join(PAPERS)}")
+    seeds = list(range(a.seeds if a.seeds is not None else (3 if a.size == "full" else 1)))
+    out = Path(a.out).resolve()
+    results = Path(a.results).resolve() if a.results else out / "results"
+
+    jobs = build_grid(a.size, seeds, papers, a.world)
+    todo = [Job([s for s in j.specs if not (out / "records" / f"{s.run_id}.json").exists()], j.cost) for j in jobs]
+    todo = [j for j in todo if j.specs]
+    total = sum(len(j.specs) for j in jobs)
+    pending = sum(len(j.specs) for j in todo)
+    print(f"[harness] size={a.size} world={a.world} seeds={seeds} papers={papers}: {total} runs, {total - pending} finished before, "
+          f"{pending} to run on {a.workers} worker(s); out {out}", flush=True)
+    start = time.time()
+    failed = 0
+    if todo:
+        t0 = time.time()
+        ensure_task(a.world)
+        print(f"[harness] task ready in {time.time() - t0:.0f} s", flush=True)
+        import multiprocessing as mp
+        import signal
+
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # a killed harness takes its workers with it (Pool.__exit__)
+        ctx = mp.get_context("spawn")  # fresh workers: the caller may have torch loaded already
+        counter = ctx.Value("i", 0)
+        with ctx.Pool(a.workers, initializer=_init_worker, initargs=(counter, pending, start)) as pool:
+            for _ in pool.imap_unordered(_run_job_args, [(j, str(out)) for j in todo]):
+                pass  # each worker prints a line per finished run
+        failed = sum(1 for j in jobs for s in j.specs if not (out / "records" / f"{s.run_id}.json").exists())
+    wall = time.time() - start
+    print(f"[harness] {pending - failed} run(s) finished in {wall:.0f} s wall; {failed} failed", flush=True)
+
+    from report import write_report
+
+    write_report([s for j in jobs for s in j.specs], out / "records", results,
+                 meta={"size": a.size, "world": a.world, "seeds": seeds, "workers": a.workers, "wall_seconds": round(wall, 1),
+                       "runs": total, "ran_now": pending - failed})
+    print(f"[harness] results: {results / 'results.md'}", flush=True)
+    return 1 if failed else 0
+
+
+def _run_job_args(args: tuple) -> list[dict]:
+    return run_job(*args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
