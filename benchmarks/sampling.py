@@ -7,7 +7,14 @@ per-request seeds and shard writing as the pipeline. The server pool's overhead 
 
     python benchmarks/sampling.py --prompts 256 --n 4 --max-tokens 48 --backends hf,vllm,server
 
-Without ``--model`` it uses the built-in toy model (``ITERDPO_CACHE`` reuses a build).
+Without ``--model`` it uses the built-in toy model (``ITERDPO_CACHE`` reuses a build);
+``--heavy 512,8`` a random-weight Llama with more work per token. ``--prompts-per-request
+1,8`` times each seed-group size on the same engine/servers. ``--paired`` keeps the engine
+and the server up together and alternates their runs (the idle one sleeps: vLLM's
+workers stop spinning 1 s after their last message), so both see the same machine load:
+the fair comparison on a shared machine. CPU seconds include vLLM's spin-waits (engine
+core and worker poll each other with sched_yield while busy), so they track wall time
+and are no measure of work.
 """
 
 from __future__ import annotations
@@ -16,6 +23,7 @@ import argparse
 import json
 import os
 import platform
+import statistics
 import sys
 import tempfile
 import time
@@ -127,6 +135,40 @@ def bench_server(model, prompts, params, model_cfg, cfgs, batch_size, workdir, r
     return out
 
 
+def bench_paired(model, prompts, params, model_cfg, cfgs, batch_size, workdir, repeat=1):
+    """Engine and servers up together; runs alternate engine, server, engine, ... per config.
+    Returns {k: [(engine_s, server_s, load), ...]} and the last tables."""
+    from iterdpo.sampling import collect, pending_shards
+    from iterdpo.sampling.server import get_pool, sample_server
+    from iterdpo.sampling.vllm_engine import generate_shards, open_engine, shutdown_engine
+
+    rows = prompts.to_pylist()
+    llm, tok, lora = open_engine(model, model_cfg, cfgs[0].model_copy(update={"backend": "vllm"}), params.seed)
+    pool = get_pool(cfgs[0], model_cfg, seed=params.seed)
+    out, tables = {}, {}
+    try:
+        pool.ensure_model(model)
+        generate_shards(llm, tok, lora, rows[:batch_size], [(0, 0, min(batch_size, len(rows)))], params, workdir / "vllm-warm", model_cfg, cfgs[0])
+        sample_server(model, prompts.slice(0, batch_size), params, workdir / "server-warm", model_cfg=model_cfg, batch_size=batch_size, progress=None, sample_cfg=cfgs[0])
+        for r in range(repeat):
+            for ci, cfg in enumerate(cfgs):
+                time.sleep(2)  # let the other backend's processes go idle
+                d = workdir / f"pv-{ci}-{r}"
+                t0 = time.perf_counter()
+                generate_shards(llm, tok, lora, rows, pending_shards(len(rows), batch_size, d), params, d, model_cfg, cfg)
+                te = time.perf_counter() - t0
+                time.sleep(2)
+                t0 = time.perf_counter()
+                ts = sample_server(model, prompts, params, workdir / f"ps-{ci}-{r}", model_cfg=model_cfg, batch_size=batch_size, progress=None, sample_cfg=cfg)
+                tsv = time.perf_counter() - t0
+                out.setdefault(cfg.prompts_per_request, []).append((te, tsv, os.getloadavg()[0]))
+                tables[cfg.prompts_per_request] = (collect(d), ts)
+    finally:
+        pool.shutdown()
+        shutdown_engine(llm)
+    return out, tables
+
+
 def score_check(pool, model, table, model_cfg) -> dict:
     """prompt_logprobs scoring through the servers vs the exact HF routine on a sample."""
     import torch
@@ -164,6 +206,7 @@ def main() -> None:
     ap.add_argument("--num-servers", type=int, default=0)
     ap.add_argument("--prompts-per-request", default="1", help="vllm/server: sample.prompts_per_request (server: prompts per request; both: seed groups); a comma list runs each on the same engine/servers")
     ap.add_argument("--heavy", default=None, metavar="HIDDEN,LAYERS", help="use a random-weight Llama of this size with the toy tokenizer (e.g. 512,8)")
+    ap.add_argument("--paired", action="store_true", help="vllm and server up together, runs alternating (see above)")
     ap.add_argument("--repeat", type=int, default=1, help="time each backend's sampling this many times (engine/servers started once)")
     ap.add_argument("--no-request-seed", action="store_true", help="vllm/server: seed only the engine, not each prompt's request")
     ap.add_argument("--backends", default="hf,vllm,server")
@@ -199,6 +242,20 @@ def main() -> None:
     results, tables = {}, {}
     with tempfile.TemporaryDirectory() as tmp:
         ks = [int(k) for k in str(args.prompts_per_request).split(",")]
+        if args.paired:
+            cfgs = [SampleConfig(backend="server", concurrency=args.concurrency or SampleConfig.model_fields["concurrency"].default, num_servers=args.num_servers, request_seed=not args.no_request_seed, prompts_per_request=k) for k in ks]
+            pairs, ptables = bench_paired(model, prompts, params, model_cfg, cfgs, args.batch_size, Path(tmp), args.repeat)
+            for k, runs in pairs.items():
+                e, sv = ptables[k]
+                same = sum(x == y for x, y in zip(e.to_pylist(), sv.to_pylist(), strict=True)) / e.num_rows
+                ratios = sorted(s_ / e_ - 1 for e_, s_, _ in runs)
+                results[f"paired k={k}"] = {"runs": runs, "tokens": tokens(e), "overheads": ratios, "same_completions": same}
+                desc = "  ".join(f"engine {e_:.2f} s / server {s_:.2f} s ({s_ / e_ - 1:+.0%}, load {la:.1f})" for e_, s_, la in runs)
+                print(f"paired k={k}: {tokens(e)} tokens; {desc}; median overhead {statistics.median(ratios):+.1%}; identical completions {same:.1%}", flush=True)
+            results["env"] = {"cpus": os.cpu_count(), "load_avg_1m": os.getloadavg()[0], "machine": platform.machine(), "args": vars(args)}
+            if args.json:
+                Path(args.json).write_text(json.dumps(results, indent=2))
+            return
         for b in args.backends.split(","):
             cfgs = [
                 SampleConfig(backend=b, concurrency=args.concurrency or SampleConfig.model_fields["concurrency"].default, num_servers=args.num_servers, request_seed=not args.no_request_seed, prompts_per_request=k)
