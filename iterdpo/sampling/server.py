@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import functools
 import hashlib
 import os
 import signal
@@ -90,6 +91,33 @@ class Server:
         if self.log_path is None or not self.log_path.exists():
             return ""
         return self.log_path.read_text(errors="replace")[-n:]
+
+
+def offline_batch_limits(world_size: int, server_args: list[str]) -> list[str]:
+    """``--max-num-seqs``/``--max-num-batched-tokens`` of vLLM's offline engine (``vllm.LLM``,
+    the ``vllm`` backend) for launched servers, unless ``server_args`` sets them.
+
+    vLLM picks smaller batch limits for its API server than for ``LLM``: on CPU 128
+    sequences / 2048 tokens per step against 256 / 4096 (GPUs: e.g. 2048 against 8192
+    tokens). With ``concurrency`` 64 requests of n=4 samples in flight, the server then runs
+    half the batch per step and needs about twice the steps the in-process engine needs
+    for the same work. The same limits make both backends schedule alike.
+    """
+    limits = _offline_limits(world_size)
+    given = {a.split("=")[0] for a in server_args}
+    return [x for flag, v in limits.items() if flag not in given for x in (flag, str(v))]
+
+
+@functools.cache
+def _offline_limits(world_size: int) -> dict[str, int]:
+    try:  # imports torch and vLLM's config (seconds): once per process
+        from vllm.engine.arg_utils import EngineArgs
+        from vllm.usage.usage_lib import UsageContext
+
+        tokens, seqs = EngineArgs.get_batch_defaults(world_size)
+        return {"--max-num-seqs": seqs[UsageContext.LLM_CLASS], "--max-num-batched-tokens": tokens[UsageContext.LLM_CLASS]}
+    except Exception:  # noqa: BLE001 - no vllm here (or another version): vLLM's own defaults
+        return {}
 
 
 def _group_gone(pgid: int, timeout: float) -> bool:
@@ -210,7 +238,7 @@ class ServerPool:
             cmd += ["--gpu-memory-utilization", str(c.gpu_memory_utilization)]
         if self.lora:
             cmd += ["--enable-lora", "--max-lora-rank", str(self.lora_rank)]
-        return cmd + list(c.server_args)
+        return cmd + offline_batch_limits(c.tensor_parallel_size, c.server_args) + list(c.server_args)
 
     def _launch(self, s: Server) -> None:
         env = dict(os.environ)
