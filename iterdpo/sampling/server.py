@@ -3,10 +3,15 @@
 The pool either launches its servers (one per group of ``tensor_parallel_size`` GPUs, or
 ``num_servers``; one on CPU) or uses the running ones listed in ``sample.servers``.
 
+- Launch: ``python -m vllm.entrypoints.openai.api_server`` with the model's dtype and
+  length, ``--disable-uvicorn-access-log --disable-log-stats`` (no per-request logging)
+  and the offline engine's batch limits (:func:`offline_batch_limits`), then
+  ``server_args``.
 - Readiness: ``GET /health`` is polled (every 0.5 s) until it answers 200, the process
   exits (error with the tail of its log) or ``server_start_timeout`` passes. No fixed sleeps.
-- Fan-out: one request per prompt (``POST /v1/completions`` with the prompt as token ids,
-  ``n`` samples, ``return_token_ids``), at most ``concurrency`` in flight per server, sent
+- Fan-out: one request per prompt, or per seed group of ``prompts_per_request`` prompts
+  (``POST /v1/completions`` with the prompts as token ids, ``n`` samples,
+  ``return_token_ids``; see :func:`iterdpo.sampling.prompt_seed`), at most ``concurrency`` in flight per server, sent
   to the least-loaded live server from one asyncio event loop (aiohttp, keep-alive).
 - Failures: a failed request is checked against its server. A dead server (process gone or
   ``/health`` failing) is taken out of rotation, restarted in the background (launched
