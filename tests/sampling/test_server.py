@@ -1,4 +1,5 @@
-"""The server pool on the toy model: fan-out, a server SIGKILLed mid-stage, external
+"""The server pool on the toy model: fan-out, a server SIGKILLed mid-stage, seed groups,
+the same samples as the in-process engine, external
 endpoints, new checkpoints, shutdown on SIGTERM."""
 
 from __future__ import annotations
