@@ -75,6 +75,32 @@ def request_seed(seed: int, prompt_index: int) -> int:
     return shard_seed(seed, prompt_index) & 0x7FFFFFFF
 
 
+def prompt_seed(seed: int, prompt_index: int, group: int = 1) -> int:
+    """Seed of a prompt's samples (vLLM backends): :func:`request_seed` of the first prompt
+    of its seed group, the ``group`` consecutive prompts ``[g*group, (g+1)*group)`` that
+    contains it (``sample.prompts_per_request``; 1 = every prompt its own seed).
+
+    The server pool sends the prompts of a group (cut at shard ends) in one request, which
+    carries ONE seed; the in-process engine gives each prompt of the group that same seed.
+    A prompt's samples then depend only on (seed, its group, the prompt), not on the
+    sharding, the backend, the server or retries. vLLM seeds sample ``j`` of a request
+    with ``seed + j``, so sample ``j`` of every prompt of a group draws the same sampler
+    noise: prompts of one group get coupled (not independent) samples; each prompt's own
+    ``n`` samples stay independent of each other.
+    """
+    return request_seed(seed, prompt_index - prompt_index % group)
+
+
+def seed_groups(start: int, end: int, group: int) -> list[tuple[int, int]]:
+    """[start, end) cut into runs of prompts that share a seed group: (first, end) each."""
+    out, i = [], start
+    while i < end:
+        j = min(end, i - i % group + group)
+        out.append((i, j))
+        i = j
+    return out
+
+
 def shard_path(shard_dir: Path, s: int) -> Path:
     return Path(shard_dir) / f"shard-{s:05d}.parquet"
 

