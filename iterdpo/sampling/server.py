@@ -371,20 +371,28 @@ class ServerPool:
 
     # --- requests ----------------------------------------------------------------------
 
+    def _try_acquire(self) -> Server | None:
+        """Take a slot on the least-loaded live server, or None while all are busy or restarting.
+
+        Raises when the pool is closed or no server can come back. Call with ``self.cond`` held.
+        """
+        if self.closed.is_set():
+            raise ServerError("the server pool was shut down")
+        free = [s for s in self.servers if s.state == "up" and s.inflight < self.cfg.concurrency]
+        if free:
+            s = min(free, key=lambda s: s.inflight)
+            s.inflight += 1
+            return s
+        if not any(s.state in ("up", "restarting") for s in self.servers):
+            raise ServerError("every server is dead: " + "; ".join(f"{s.url}: {s.state}, log {s.log_path}" for s in self.servers))
+        return None
+
     def _acquire(self) -> Server:
-        """The least-loaded live server with a free slot; waits for one; fails if none can return."""
+        """A slot on the least-loaded live server; waits for one; fails if none can return."""
         with self.cond:
-            while True:
-                if self.closed.is_set():
-                    raise ServerError("the server pool was shut down")
-                free = [s for s in self.servers if s.state == "up" and s.inflight < self.cfg.concurrency]
-                if free:
-                    s = min(free, key=lambda s: s.inflight)
-                    s.inflight += 1
-                    return s
-                if not any(s.state in ("up", "restarting") for s in self.servers):
-                    raise ServerError("every server is dead: " + "; ".join(f"{s.url}: {s.state}, log {s.log_path}" for s in self.servers))
+            while (s := self._try_acquire()) is None:
                 self.cond.wait(1.0)
+            return s
 
     def _release(self, s: Server) -> None:
         with self.cond:
@@ -406,18 +414,28 @@ class ServerPool:
                 error = repr(e)
             finally:
                 self._release(s)
-            dead = s.proc is not None and s.proc.poll() is not None
-            if dead or not self._healthy(s):
-                self._mark_dead(s)
-                with self.cond:
-                    self.stats["resent"] += 1
-                continue  # re-send to a live server; not counted against max_retries
-            attempts += 1
+            gone = (s.proc is not None and s.proc.poll() is not None) or not self._healthy(s)
+            attempts, wait = self._after_failure(s, gone, attempts, error)
+            time.sleep(wait)
+
+    def _after_failure(self, s: Server, gone: bool, attempts: int, error: str | None) -> tuple[int, float]:
+        """Bookkeeping after a failed request on ``s``: (attempts so far, seconds to wait before re-sending).
+
+        A server that is ``gone`` (dead or unhealthy) is marked dead and the request re-sent at
+        once, not counted against ``sample.max_retries``; a failure on a live server is a retry
+        with exponential back-off, and an error past ``max_retries``.
+        """
+        if gone:
+            self._mark_dead(s)
             with self.cond:
-                self.stats["retries"] += 1
-            if attempts > self.cfg.max_retries:
-                raise ServerError(f"request failed {attempts} times on live servers (sample.max_retries={self.cfg.max_retries}); last error from {s.url}: {error}")
-            time.sleep(min(2.0**attempts * 0.1, 5.0))
+                self.stats["resent"] += 1
+            return attempts, 0.0
+        attempts += 1
+        with self.cond:
+            self.stats["retries"] += 1
+        if attempts > self.cfg.max_retries:
+            raise ServerError(f"request failed {attempts} times on live servers (sample.max_retries={self.cfg.max_retries}); last error from {s.url}: {error}")
+        return attempts, min(2.0**attempts * 0.1, 5.0)
 
     def map(self, bodies: dict, on_done) -> None:
         """Send every request of ``bodies`` (key -> body); call ``on_done(key, response)``
@@ -469,15 +487,9 @@ class ServerPool:
 
         while True:
             with self.cond:
-                if self.closed.is_set():
-                    raise ServerError("the server pool was shut down")
-                free = [s for s in self.servers if s.state == "up" and s.inflight < self.cfg.concurrency]
-                if free:
-                    s = min(free, key=lambda s: s.inflight)
-                    s.inflight += 1
-                    return s
-                if not any(s.state in ("up", "restarting") for s in self.servers):
-                    raise ServerError("every server is dead: " + "; ".join(f"{s.url}: {s.state}, log {s.log_path}" for s in self.servers))
+                s = self._try_acquire()
+            if s is not None:
+                return s
             await asyncio.sleep(0.1)  # a server is restarting (all slots are ours otherwise)
 
     async def _ahealthy(self, session, s: Server) -> bool:
@@ -506,18 +518,9 @@ class ServerPool:
                 error = repr(e)
             finally:
                 self._release(s)
-            dead = s.proc is not None and s.proc.poll() is not None
-            if dead or not await self._ahealthy(session, s):
-                self._mark_dead(s)
-                with self.cond:
-                    self.stats["resent"] += 1
-                continue  # re-send to a live server; not counted against max_retries
-            attempts += 1
-            with self.cond:
-                self.stats["retries"] += 1
-            if attempts > self.cfg.max_retries:
-                raise ServerError(f"request failed {attempts} times on live servers (sample.max_retries={self.cfg.max_retries}); last error from {s.url}: {error}")
-            await asyncio.sleep(min(2.0**attempts * 0.1, 5.0))
+            gone = (s.proc is not None and s.proc.poll() is not None) or not await self._ahealthy(session, s)
+            attempts, wait = self._after_failure(s, gone, attempts, error)
+            await asyncio.sleep(wait)
 
 
 def get_pool(sample_cfg, model_cfg, seed: int = 0) -> ServerPool:

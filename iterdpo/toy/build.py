@@ -21,6 +21,7 @@ import os
 import random
 import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from iterdpo.toy import task
@@ -156,14 +157,18 @@ def _build(dest: Path, seed: int) -> dict:
     return stats
 
 
-def ensure_toy(seed: int = 0) -> Path:
-    """Return the toy cache folder, building it first if needed (at most once at a time)."""
-    root = cache_root()
+def cached_build(dest: Path, lock_name: str, build: Callable[[Path], dict], what: str) -> Path:
+    """Return ``dest``, first running ``build(tmp)`` into a temporary folder renamed to ``dest``.
+
+    A file lock in ``dest``'s parent serialises builders (the ranks of one launch build
+    once); ``build.json``, written last by ``build``, marks a finished build, so a killed
+    build leaves only its temporary folder, which the next builder removes.
+    """
+    root = dest.parent
     root.mkdir(parents=True, exist_ok=True)
-    dest = root / f"{VERSION}-seed{seed}"
     if (dest / "build.json").exists():
         return dest
-    with open(root / f"{VERSION}.lock", "w") as lock:
+    with open(root / lock_name, "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if (dest / "build.json").exists():
             return dest
@@ -171,7 +176,12 @@ def ensure_toy(seed: int = 0) -> Path:
         if tmp.exists():
             shutil.rmtree(tmp)
         tmp.mkdir()
-        stats = _build(tmp, seed)
+        stats = build(tmp)
         os.replace(tmp, dest)
-        print(f"[iterdpo] built the toy task in {stats['build_seconds']} s -> {dest}")
+        print(f"[iterdpo] built {what} in {stats['build_seconds']} s -> {dest}")
     return dest
+
+
+def ensure_toy(seed: int = 0) -> Path:
+    """Return the toy cache folder, building it first if needed (at most once at a time)."""
+    return cached_build(cache_root() / f"{VERSION}-seed{seed}", f"{VERSION}.lock", lambda tmp: _build(tmp, seed), "the toy task")

@@ -29,17 +29,15 @@ Builds are deterministic for a seed and serialised by a file lock (as ``ensure_t
 
 from __future__ import annotations
 
-import fcntl
 import json
 import math
 import os
 import random
-import shutil
 import time
 from pathlib import Path
 
 from iterdpo.toy import world_task as task
-from iterdpo.toy.build import build_tokenizer, cache_root, warm_up
+from iterdpo.toy.build import build_tokenizer, cache_root, cached_build, warm_up
 
 VERSION = "world-v2"
 SIZES: dict[str, dict] = {
@@ -300,23 +298,7 @@ def ensure_world(seed: int = 0, size: str = "full") -> Path:
     """Return the world's cache folder, building it first if needed (at most once at a time)."""
     if size not in SIZES:
         raise ValueError(f"unknown world size {size!r}; available: {sorted(SIZES)}")
-    root = cache_root()
-    root.mkdir(parents=True, exist_ok=True)
-    dest = world_dir(seed, size)
-    if (dest / "build.json").exists():
-        return dest
-    with open(root / f"{VERSION}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if (dest / "build.json").exists():
-            return dest
-        tmp = root / f".{dest.name}.tmp"
-        if tmp.exists():
-            shutil.rmtree(tmp)
-        tmp.mkdir()
-        stats = _build(tmp, seed, size)
-        os.replace(tmp, dest)
-        print(f"[iterdpo] built the world ({size}) in {stats['build_seconds']} s -> {dest}")
-    return dest
+    return cached_build(world_dir(seed, size), f"{VERSION}.lock", lambda tmp: _build(tmp, seed, size), f"the world ({size})")
 
 
 if __name__ == "__main__":
