@@ -163,8 +163,11 @@ class _TokenLogps(torch.autograd.Function):
         return grad, None, None, None
 
 
+CHUNK_ELEMENTS = 1 << 22  # a [chunk, L, V] float32 temporary of at most 16 MiB (or one row)
+
+
 def token_logps(
-    logits: torch.Tensor, labels: torch.Tensor, chunk_rows: int = 1, inplace_grad: bool = False
+    logits: torch.Tensor, labels: torch.Tensor, chunk_rows: int | None = None, inplace_grad: bool = False
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``log pi(label)`` per position without materialising ``log_softmax`` over the vocabulary.
 
@@ -174,8 +177,12 @@ def token_logps(
     [B, L, V] tensor for the backward; this keeps none (the logits exist anyway), takes the
     logsumexp ``chunk_rows`` batch rows at a time (its exp temporary is [chunk, L, V]) and
     computes the gradient in one buffer, the logits' own with ``inplace_grad`` (only when
-    nothing else reads the logits after this call). See :class:`_TokenLogps`.
+    nothing else reads the logits after this call). See :class:`_TokenLogps`. ``chunk_rows``
+    None: as many rows as keep the temporary under :data:`CHUNK_ELEMENTS` (one chunk for small
+    vocabularies, where a Python loop over rows would cost more than the memory it saves).
     """
+    if chunk_rows is None:
+        chunk_rows = max(1, CHUNK_ELEMENTS // max(1, labels.shape[1] * logits.shape[-1]))
     return _TokenLogps.apply(logits, labels, chunk_rows, inplace_grad)
 
 
