@@ -165,7 +165,8 @@ def claims(agg: dict) -> list[str]:
 
 def markdown(agg: dict, meta: dict, missing: list[str]) -> str:
     lines = ["# Seeds harness results", ""]
-    lines.append(f"size `{meta['size']}`, task `{meta['world']}`, seeds {meta['seeds']}, {meta['workers']} worker(s); "
+    extra = f", extra overrides `{' '.join(meta['extra'])}`" if meta.get("extra") else ""
+    lines.append(f"size `{meta['size']}`, task `{meta['world']}`{extra}, seeds {meta['seeds']}, {meta['workers']} worker(s); "
                  f"{meta['runs']} runs in the grid, {meta['ran_now']} run by the last invocation in {meta['wall_seconds']:.0f} s wall "
                  "(task build included). Cells: mean ± standard error over seeds (sd / sqrt(n)).")
     lines.append("")

@@ -35,6 +35,7 @@ import os
 import sys
 import time
 import traceback
+from dataclasses import replace
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -232,6 +233,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--world", choices=sorted(WORLDS), default="world", help="the richer world or the built-in toy task")
     p.add_argument("--out", default=str(HERE / "out"), help="records, run folders and logs (out of git)")
     p.add_argument("--results", default=None, help="where results.csv / results.md / plots go (default: <out>/results)")
+    p.add_argument("--set", nargs="*", default=[], metavar="section.key=value",
+                   help="extra overrides for every run (e.g. train.learning_rate=1e-4); use a fresh --out: records are keyed by run id only")
     a = p.parse_args(argv)
     papers = [x.strip() for x in a.only.split(",") if x.strip()]
     if bad := [x for x in papers if x not in PAPERS]:
@@ -241,11 +244,13 @@ def main(argv: list[str] | None = None) -> int:
     results = Path(a.results).resolve() if a.results else out / "results"
 
     jobs = build_grid(a.size, seeds, papers, a.world)
+    for j in jobs:
+        j.specs = [replace(s, overrides=(*s.overrides, *a.set)) for s in j.specs]
     todo = [Job([s for s in j.specs if not (out / "records" / f"{s.run_id}.json").exists()], j.cost) for j in jobs]
     todo = [j for j in todo if j.specs]
     total = sum(len(j.specs) for j in jobs)
     pending = sum(len(j.specs) for j in todo)
-    print(f"[harness] size={a.size} world={a.world} seeds={seeds} papers={papers}: {total} runs, {total - pending} finished before, "
+    print(f"[harness] size={a.size} world={a.world} seeds={seeds} papers={papers} extra={a.set}: {total} runs, {total - pending} finished before, "
           f"{pending} to run on {a.workers} worker(s); out {out}", flush=True)
     start = time.time()
     failed = 0
@@ -269,7 +274,7 @@ def main(argv: list[str] | None = None) -> int:
     from report import write_report
 
     write_report([s for j in jobs for s in j.specs], out / "records", results,
-                 meta={"size": a.size, "world": a.world, "seeds": seeds, "workers": a.workers, "wall_seconds": round(wall, 1),
+                 meta={"size": a.size, "world": a.world, "seeds": seeds, "workers": a.workers, "extra": a.set, "wall_seconds": round(wall, 1),
                        "runs": total, "ran_now": pending - failed})
     print(f"[harness] results: {results / 'results.md'}", flush=True)
     return 1 if failed else 0
