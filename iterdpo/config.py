@@ -211,7 +211,7 @@ class JudgeConfig(_Section):
 class AnnotateConfig(_Section):
     annotator: Literal["gold", "reward_model", "judge", "implicit", "human"] = Field(
         "gold",
-        description="Who labels the pairs: 'gold' (the toy task's gold reward), 'reward_model' (a sequence-classification "
+        description="Who labels the pairs: 'gold' (a built-in task's gold reward: annotate.gold), 'reward_model' (a sequence-classification "
         "model), 'judge' (an LLM over HTTP), 'implicit' (the policy's own implicit reward, SeRA), 'human' (exported and imported files).",
     )
     ties: Literal["drop", "random"] = Field("drop", description="A pair with equal scores is dropped or oriented at random.")
