@@ -46,13 +46,18 @@ def margin_pairs(scored: base.Source, *, margin: str = "sum", where: str = "scor
     rows = base.read_columns(scored, ["prompt_id", "completion_id", "completion", col], where)
     rows = base.canonical(rows, ["prompt_id", "completion_id"])
     base.check_unique(rows, "completion_id", where)
-    r = base.float_column(rows, col, where)
+    return rows, *_distinct_pairs(rows, base.float_column(rows, col, where))
+
+
+def _distinct_pairs(rows: pa.Table, r: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """``(a, b, |r_a - r_b|, group)`` of every within-prompt pair of distinct texts of ``rows``
+    (canonical order, ``a < b``); ``r`` [rows] the margin column in that order."""
     groups = base.group_codes(rows.column("prompt_id"))
     a, b = base.within_group_pairs(groups)
     texts = base.text_codes(rows.column("completion"))
     distinct = texts[a] != texts[b]
     a, b = a[distinct], b[distinct]
-    return rows, a, b, np.abs(r[a] - r[b]), groups[a]
+    return a, b, np.abs(r[a] - r[b]), groups[a]
 
 
 def select_margin(
@@ -117,13 +122,7 @@ def chunk_pairs(chunk: pa.Table, col: str, where: str, start: int) -> tuple[pa.T
     h_raw = base.id_hashes(chunk.column("completion_id"))
     order = np.asarray(pc.sort_indices(chunk, sort_keys=[("prompt_id", "ascending"), ("completion_id", "ascending")]).to_numpy(), np.int64)
     rows = chunk.take(pa.array(order))
-    r, h = r_raw[order], h_raw[order]
-    groups = base.group_codes(rows.column("prompt_id"))
-    a, b = base.within_group_pairs(groups)
-    texts = base.text_codes(rows.column("completion"))
-    distinct = texts[a] != texts[b]
-    a, b = a[distinct], b[distinct]
-    return rows, h, h_raw, a, b, np.abs(r[a] - r[b]), groups[a]
+    return rows, h_raw[order], h_raw, *_distinct_pairs(rows, r_raw[order])
 
 
 def stream_margin(
