@@ -80,16 +80,20 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "config":
             print(dump_config(cfg), end="")
             return 0
-        from iterdpo import loop
+        from iterdpo.pipeline import driver
+        from iterdpo.pipeline.summary import write_summary
+        from iterdpo.stages import pipeline_for
 
         if args.command == "run":
-            loop.run_all(cfg)
-        else:
-            run = loop.Run(cfg)
-            run.rd.root.mkdir(parents=True, exist_ok=True)
-            loop.run_stage(run, args.command, args.iteration)
-            if int(os.environ.get("RANK", "0")) == 0:
-                loop.write_summary(run)
+            driver.run_all(cfg, pipeline_for(cfg))
+        else:  # one stage (and whatever it reads that has not run), under the run lock
+            run, _ = driver.start_run(cfg, pipeline_for(cfg), track=False)
+            try:
+                driver.run_stage(run, args.command, args.iteration)
+                if int(os.environ.get("RANK", "0")) == 0:
+                    write_summary(run)
+            finally:
+                driver.close_run(run)
     except (ConfigError, RecordError, StageMismatch) as e:
         print(f"iterdpo: error: {e}", file=sys.stderr)
         return 2

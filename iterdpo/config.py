@@ -57,6 +57,14 @@ class ModelConfig(_Section):
     name_or_path: str = Field(
         "toy", description="HF model folder or hub id; 'toy' builds (and caches) the built-in toy model, 'world' the world task's SFT model (iterdpo.toy.world)."
     )
+    reference: str = Field(
+        "fixed-initial",
+        description="pi_ref, the reference model: 'fixed-initial' = pi_0 itself (model.name_or_path), or a model folder / hub id "
+        "('toy', 'world' too) so that pi_0 and pi_ref differ (paper 001: the SFT model as reference, a DPO-trained checkpoint as "
+        "pi_0). With run.reference 'fixed' every iteration trains against it; with 'previous' iteration k trains against "
+        "pi_{k-1} and this is pi_0's reference only (iteration 1 scores pi_0 against it, so its margins are not all 0); "
+        "run.reference 'none' needs 'fixed-initial'.",
+    )
     tokenizer: str | None = Field(None, description="Tokenizer folder if not the model's.")
     max_length: int = Field(256, ge=8, description="Prompt + response tokens kept; longer ones are cut from the response's end.")
     max_prompt_length: int = Field(128, ge=4, description="Prompt tokens kept (from the left end, so the end of the prompt survives).")
@@ -364,6 +372,9 @@ class Config(_Section):
             self.annotate.gold = self.model.name_or_path  # the task's own gold reward, written into the saved config
         if self.model.name_or_path == "world" and self.annotate.gold == "toy":
             raise ValueError("model.name_or_path 'world' with annotate.gold 'toy': the toy's gold reward does not fit the world task")
+        if self.run.reference == "none" and self.model.reference != "fixed-initial":
+            raise ValueError("model.reference names a reference model but run.reference 'none' trains without one: "
+                             "set run.reference 'fixed' or 'previous', or model.reference 'fixed-initial'")
         if self.run.init == "reset" and self.run.reference == "previous":
             raise ValueError("run.init 'reset' retrains the initial model, so run.reference must be 'fixed' or 'none'")
         counts = self.data.prompts_per_iteration

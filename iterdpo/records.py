@@ -11,6 +11,7 @@ here. Column names follow TRL where TRL has one (``prompt``, ``chosen``, ``rejec
     scored       completions + policy_logp, ref_logp, reward, reward_norm, reward_simpo,
                  prev_policy_logp, prev_ref_logp, prev_reward
     candidates   prompt_id, a_id, b_id, margin, selector
+    labelled     preferences without the four *_logps columns (annotate's output)
     preferences  prompt_id, prompt, chosen, rejected, chosen_id, rejected_id,
                  ref_chosen_logps, ref_rejected_logps, policy_chosen_logps,
                  policy_rejected_logps, chosen_stopped, rejected_stopped, label_source,
@@ -89,6 +90,12 @@ PREFERENCES = pa.schema(
         ("iteration", pa.int32()),
     ]
 )
+
+
+# annotate's output: oriented pairs without log-probs; training attaches its reference's
+# and start model's log-probs (PREFERENCES), decided by the run (iterdpo.pipeline.context)
+LOGP_COLUMNS = ("ref_chosen_logps", "ref_rejected_logps", "policy_chosen_logps", "policy_rejected_logps")
+LABELLED = pa.schema([f for f in PREFERENCES if f.name not in LOGP_COLUMNS])
 
 
 class RecordError(ValueError):

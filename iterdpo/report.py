@@ -5,7 +5,7 @@ the stages already wrote:
 
 - ``summary.json``: win rate vs the initial model, mean gold / reward-model / implicit
   reward and the KL estimate, per iteration;
-- ``iter_k/select/candidates.parquet`` + ``iter_k/score/scored.parquet``: histograms of the
+- ``iter_k/select/candidates.parquet`` (or SeRA's ``sera_pairs.parquet``) + ``iter_k/score/scored.parquet``: histograms of the
   |margin| of the *selected* pairs vs the *passed-over* ones (every other in-prompt pair of
   the scored responses, margin as ``select.margin`` defines it: summed or per-token
   implicit reward); implicit reward vs response length (scatter, with Pearson/Spearman);
@@ -43,11 +43,19 @@ def _margin_column(root: Path) -> str:
     return "reward"
 
 
-def _load(root: Path, k: int, stage: str, name: str):
-    from iterdpo import records
+def _scored(root: Path, k: int) -> list[dict] | None:
+    from iterdpo.pipeline import artifacts
 
-    f = root / f"iter_{k}" / stage / name
-    return records.read_table(f).to_pylist() if f.exists() and (f.parent / "manifest.json").exists() else None
+    d = root / f"iter_{k}" / "score"
+    return artifacts.read(d, "scored").to_pylist() if (d / "manifest.json").exists() else None
+
+
+def _selected(root: Path, k: int) -> list[dict] | None:
+    """The select stage's pairs as prompt_id, a_id, b_id, margin: candidates or SeRA's oriented pairs."""
+    from iterdpo.pipeline import artifacts
+
+    pairs = artifacts.selected_pairs(root / f"iter_{k}" / "select")
+    return None if pairs is None else pairs.to_pylist()
 
 
 def margins(scored: list[dict], selected: list[dict], column: str) -> tuple[list[float], list[float]]:
@@ -127,8 +135,8 @@ def write_report(run_dir: str | Path) -> Path:
 
     ks = _iterations(root)
     column = _margin_column(root)
-    scored_by_k = {k: _load(root, k, "score", "scored.parquet") for k in ks}
-    selected_by_k = {k: _load(root, k, "select", "candidates.parquet") for k in ks}
+    scored_by_k = {k: _scored(root, k) for k in ks}
+    selected_by_k = {k: _selected(root, k) for k in ks}
     ks_sel = [k for k in ks if scored_by_k[k] is not None and selected_by_k[k] is not None]
 
     # 2. margins of selected vs passed-over pairs

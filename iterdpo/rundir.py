@@ -7,7 +7,8 @@
       summary.json                one entry per finished iteration
       baseline/                   the initial policy's evaluation responses (shared by iterations)
       iter_<k>/<stage>/           one folder per stage: data + manifest.json
-      iter_<k>/<stage>/.partial/  finished shards of a stage still running (kept across restarts)
+      iter_<k>/.<stage>.partial/  finished shards of a stage still running (kept across restarts)
+      .lock, .lock.rank<r>        the run lock (iterdpo.pipeline.lock): pid, host, start time
 
 A stage writes into ``.<stage>.tmp`` beside its final folder and renames it into place
 only when complete, so a killed stage leaves no half-written output. Its manifest holds a
@@ -100,13 +101,22 @@ class RunDir:
         p.mkdir(parents=True, exist_ok=True)
         return p
 
+    def tmp_path(self, path: Path) -> Path:
+        """The temporary folder a stage is written into before it is published as ``path``."""
+        return path.parent / f".{path.name}.tmp"
+
     def commit(self, path: Path, key: str, write: Callable[[Path], dict | None]) -> dict:
         """Run ``write(tmp)`` and atomically publish ``tmp`` as ``path`` with a manifest.
 
         ``write`` may return a dict of stats (row counts, metrics) stored in the manifest.
+        The only commit point of a stage. The temporary folder belongs to the holder of the
+        run lock (:mod:`iterdpo.pipeline.lock`): one left behind was left by a killed run and
+        is cleared; a finished stage (with a manifest) is never replaced.
         """
-        tmp = path.parent / f".{path.name}.tmp"
-        if tmp.exists():  # left by a killed run
+        if self.manifest(path) is not None:
+            raise StageMismatch(f"{path} has finished already (key {self.manifest(path)['key']}); a finished stage is never replaced")
+        tmp = self.tmp_path(path)
+        if tmp.exists():  # left by a killed run (the run lock keeps live ones apart)
             shutil.rmtree(tmp)
         tmp.mkdir(parents=True)
         start = time.time()
@@ -121,7 +131,7 @@ class RunDir:
         }
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
         _fsync_dir(tmp)
-        if path.exists():  # an unfinished folder without manifest cannot exist, but be safe
+        if path.exists():  # a folder without manifest (checked above): not a finished stage
             shutil.rmtree(path)
         os.replace(tmp, path)
         partial = path.parent / f".{path.name}.partial"

@@ -28,8 +28,11 @@ import secrets
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from iterdpo.pipeline import artifacts
+from iterdpo.pipeline.summary import summarize
+
 if TYPE_CHECKING:  # pragma: no cover
-    from iterdpo.loop import Run
+    from iterdpo.pipeline.context import Run
 
 STAGE_STATS = ("sample", "score", "select", "annotate", "train", "eval_responses", "evaluate")
 
@@ -57,8 +60,6 @@ def _number(v: Any) -> bool:
 
 def iteration_metrics(run: Run, k: int) -> dict[str, float]:
     """Flat metrics of iteration k: the summary row and every numeric stage stat."""
-    from iterdpo.loop import summarize
-
     out: dict[str, float] = {"iteration": k}
     for row in summarize(run)["iterations"]:
         if row["iteration"] == k:
@@ -74,12 +75,11 @@ def iteration_metrics(run: Run, k: int) -> dict[str, float]:
 
 def completion_rows(run: Run, k: int, limit: int) -> list[dict]:
     """Up to ``limit`` scored completions of iteration k, marked selected / chosen / rejected."""
-    scored = run.data(k, "score", "scored.parquet").slice(0, limit).to_pylist()
-    selected: set[str] = set()
-    for c in run.data(k, "select", "candidates.parquet").to_pylist():
-        selected.update((c["a_id"], c["b_id"]))
+    scored = artifacts.read(run.rd.stage(k, "score"), "scored").slice(0, limit).to_pylist()
+    pairs = artifacts.selected_pairs(run.rd.stage(k, "select"))  # candidates, or SeRA's oriented pairs
+    selected = set(pairs.column("a_id").to_pylist()) | set(pairs.column("b_id").to_pylist())
     label: dict[str, str] = {}
-    for p in run.data(k, "annotate", "pairs.parquet").to_pylist():
+    for p in artifacts.read(run.rd.stage(k, "annotate"), "labelled").to_pylist():
         label[p["chosen_id"]], label[p["rejected_id"]] = "chosen", "rejected"
     cols = ("prompt_id", "completion_id", "prompt", "completion", "num_tokens", "finish_reason", "reward", "reward_norm")
     return [
@@ -129,7 +129,7 @@ class WandbTracker(Tracker):
             return
         wandb, w = self.wandb, run.cfg.wandb
         data: dict[str, Any] = dict(iteration_metrics(run, k))
-        margins = run.data(k, "select", "candidates.parquet").column("margin").to_pylist()
+        margins = artifacts.selected_pairs(run.rd.stage(k, "select")).column("margin").to_pylist()
         if margins:
             data["select/selected_margins"] = wandb.Histogram(margins)
         if w.table_rows:
@@ -154,8 +154,11 @@ class WandbTracker(Tracker):
 
         meta = {"iteration": k, **{f"{s}_key": run.stage_key(k, s) for s in ("score", "select", "annotate", "train")}}
         data = wandb.Artifact(f"{base}-data", type="dataset", metadata={**meta, "annotate": run.stats(k, "annotate")})
-        for stage, name in (("score", "scored.parquet"), ("select", "candidates.parquet"), ("annotate", "pairs.parquet")):
-            add(data, run.rd.stage(k, stage) / name)
+        files = {artifacts.path_of(run.rd.stage(k, stage), a.name) for stage in ("score", "select", "annotate")
+                 for a in artifacts.ARTIFACTS.values() if a.schema is not None}
+        files.add(artifacts.path_of(run.rd.stage(k, "train"), "preferences"))  # the pairs with training's log-probs
+        for path in sorted(p for p in files if p.is_file()):  # every table artifact of those stages
+            add(data, path)
         self.wb.log_artifact(data, aliases=[f"iter{k}", "latest"])
         model = wandb.Artifact(f"{base}-model", type="model", metadata={**meta, "train": run.stats(k, "train")})
         add(model, run.rd.stage(k, "train") / "model")

@@ -39,10 +39,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout, installed or not
 
 from iterdpo import distributed as dist  # noqa: E402
-from iterdpo import loop  # noqa: E402
 from iterdpo.config import ConfigError, load_config  # noqa: E402
-
-ACQUISITIONS = ("certainty", "entropy", "hybrid", "random")
+from iterdpo.pipeline.driver import end_iteration, finish_run, run_stage, start_run  # noqa: E402
+from iterdpo.stages.apl import ACQUISITIONS, APL  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -55,7 +54,7 @@ def main(argv: list[str] | None = None) -> dict:
     if cfg.select.selector not in ACQUISITIONS:
         raise ConfigError(f"{args.config}: select.selector: APL acquires with one of {ACQUISITIONS}, got {cfg.select.selector!r}")
 
-    run, tracker = loop.start_run(cfg)  # rank 0 writes the run's config; W&B when run.report_to is 'wandb'
+    run, tracker = start_run(cfg, APL)  # the apl pipeline; lock; rank 0 writes the run's config; W&B when run.report_to is 'wandb'
     main_rank = dist.is_main()  # under `accelerate launch` rank 0 owns the run's files
     if main_rank:
         s = cfg.select
@@ -69,16 +68,16 @@ def main(argv: list[str] | None = None) -> dict:
     # --- the acquisition steps -----------------------------------------------------------
     start = time.time()
     for t in range(1, cfg.run.iterations + 1):
-        loop.run_stage(run, "sample", t)  # theta_{t-1} answers S fresh prompts n times
-        loop.run_stage(run, "score", t)  # implicit rewards and log-probs of every completion
-        loop.run_stage(run, "select", t)  # the acquisition function, before any label is bought
-        loop.run_stage(run, "annotate", t)  # oracle labels for the M acquired pairs only
-        loop.run_stage(run, "train", t)  # theta_t (from theta_0 on all labels with init=reset)
-        loop.run_stage(run, "evaluate", t)  # theta_t vs theta_0 on held-out prompts
-        loop.end_iteration(run, t, tracker)  # rank 0: summary.json and the tracker
+        run_stage(run, "sample", t)  # theta_{t-1} answers S fresh prompts n times
+        run_stage(run, "score", t)  # implicit rewards and log-probs of every completion
+        run_stage(run, "select", t)  # the acquisition function, before any label is bought
+        run_stage(run, "annotate", t)  # oracle labels for the M acquired pairs only
+        run_stage(run, "train", t)  # theta_t (from theta_0 on all labels with init=reset)
+        run_stage(run, "evaluate", t)  # theta_t vs theta_0 on held-out prompts
+        end_iteration(run, t, tracker)  # rank 0: summary.json and the tracker
 
     # --- summary -----------------------------------------------------------------------
-    return loop.finish_run(run, tracker, start)  # rank 0 prints the table
+    return finish_run(run, tracker, start)  # rank 0 prints the table
 
 
 if __name__ == "__main__":

@@ -29,8 +29,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout, installed or not
 
 from iterdpo import distributed as dist  # noqa: E402
-from iterdpo import loop  # noqa: E402
 from iterdpo.config import load_config  # noqa: E402
+from iterdpo.pipeline.driver import end_iteration, finish_run, run_stage, start_run  # noqa: E402
+from iterdpo.stages.default import DEFAULT  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -41,7 +42,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
     cfg = load_config(args.config, args.overrides)
 
-    run, tracker = loop.start_run(cfg)  # rank 0 writes the run's config; W&B when run.report_to is 'wandb'
+    run, tracker = start_run(cfg, DEFAULT)  # the default pipeline; lock; rank 0 writes the run's config; W&B when run.report_to is 'wandb'
     main_rank = dist.is_main()  # under `accelerate launch` rank 0 owns the run's files
     s = cfg.select
     if main_rank:
@@ -56,16 +57,16 @@ def main(argv: list[str] | None = None) -> dict:
     # run_stage runs score and train on every process of a launch, the rest on rank 0.
     start = time.time()
     for k in range(1, cfg.run.iterations + 1):
-        loop.run_stage(run, "sample", k)  # pi_{k-1} answers this iteration's prompts N times
-        loop.run_stage(run, "score", k)  # implicit rewards of every completion
-        loop.run_stage(run, "select", k)  # margin selection, before any label is bought
-        loop.run_stage(run, "annotate", k)  # labels for the selected pairs only
-        loop.run_stage(run, "train", k)  # pi_k
-        loop.run_stage(run, "evaluate", k)  # pi_k vs pi_0 on held-out prompts
-        loop.end_iteration(run, k, tracker)  # rank 0: summary.json and the tracker
+        run_stage(run, "sample", k)  # pi_{k-1} answers this iteration's prompts N times
+        run_stage(run, "score", k)  # implicit rewards of every completion
+        run_stage(run, "select", k)  # margin selection, before any label is bought
+        run_stage(run, "annotate", k)  # labels for the selected pairs only
+        run_stage(run, "train", k)  # pi_k
+        run_stage(run, "evaluate", k)  # pi_k vs pi_0 on held-out prompts
+        end_iteration(run, k, tracker)  # rank 0: summary.json and the tracker
 
     # --- summary -----------------------------------------------------------------------
-    return loop.finish_run(run, tracker, start)  # rank 0 prints the table
+    return finish_run(run, tracker, start)  # rank 0 prints the table
 
 
 if __name__ == "__main__":

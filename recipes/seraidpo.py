@@ -28,8 +28,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout, installed or not
 
 from iterdpo import distributed as dist  # noqa: E402
-from iterdpo import loop  # noqa: E402
 from iterdpo.config import ConfigError, load_config  # noqa: E402
+from iterdpo.pipeline.driver import end_iteration, finish_run, run_stage, start_run  # noqa: E402
+from iterdpo.stages.sera import SERA  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -42,7 +43,7 @@ def main(argv: list[str] | None = None) -> dict:
     if cfg.select.selector != "sera":
         raise ConfigError(f"{args.config}: select.selector must be 'sera' for this recipe (got {cfg.select.selector!r})")
 
-    run, tracker = loop.start_run(cfg)  # rank 0 writes the run's config; W&B when run.report_to is 'wandb'
+    run, tracker = start_run(cfg, SERA)  # the sera pipeline; lock; rank 0 writes the run's config; W&B when run.report_to is 'wandb'
     main_rank = dist.is_main()  # under `accelerate launch` rank 0 owns the run's files
     if main_rank:
         s = cfg.sera
@@ -54,20 +55,20 @@ def main(argv: list[str] | None = None) -> dict:
         )
 
     # --- the iterations ----------------------------------------------------------------
-    # With select.selector 'sera', run_stage uses iterdpo.sera_stages for sample, select
-    # and annotate; score and train run on every process of a launch, the rest on rank 0.
+    # SERA (iterdpo.stages.sera) has its own sample, select and annotate stages; score and
+    # train run on every process of a launch, the rest on rank 0.
     start = time.time()
     for k in range(1, cfg.run.iterations + 1):
-        loop.run_stage(run, "sample", k)  # D's responses (+ from k = 2: N samples of pi_{k-1} per D prompt)
-        loop.run_stage(run, "score", k)  # implicit rewards under pi_{k-1} (and pi_{k-2} for the ensemble)
-        loop.run_stage(run, "select", k)  # top-k1 offline pairs + top-k2 bootstrapped pairs (all of D at k = 1)
-        loop.run_stage(run, "annotate", k)  # offline labels kept; bootstrapped pairs labelled by R_t
-        loop.run_stage(run, "train", k)  # pi_k from pi_{k-1}, reference pi_{k-1}: its log-probs come from scoring
-        loop.run_stage(run, "evaluate", k)  # pi_k vs pi_0 on held-out prompts
-        loop.end_iteration(run, k, tracker)  # rank 0: summary.json and the tracker
+        run_stage(run, "sample", k)  # D's responses (+ from k = 2: N samples of pi_{k-1} per D prompt)
+        run_stage(run, "score", k)  # implicit rewards under pi_{k-1} (and pi_{k-2} for the ensemble)
+        run_stage(run, "select", k)  # top-k1 offline pairs + top-k2 bootstrapped pairs (all of D at k = 1)
+        run_stage(run, "annotate", k)  # offline labels kept; bootstrapped pairs labelled by R_t
+        run_stage(run, "train", k)  # pi_k from pi_{k-1}, reference pi_{k-1}: its log-probs come from scoring
+        run_stage(run, "evaluate", k)  # pi_k vs pi_0 on held-out prompts
+        end_iteration(run, k, tracker)  # rank 0: summary.json and the tracker
 
     # --- summary -----------------------------------------------------------------------
-    return loop.finish_run(run, tracker, start)  # rank 0 prints the table
+    return finish_run(run, tracker, start)  # rank 0 prints the table
 
 
 if __name__ == "__main__":

@@ -14,14 +14,13 @@ Available: ``gold`` (a task's gold reward, ``annotate.gold``: toy or world), ``r
 (:mod:`.judge`), ``implicit`` (:mod:`.implicit`), ``human`` (:mod:`.human`). Label noise
 (:mod:`.noise`) swaps a seeded fraction of the oriented pairs afterwards.
 
-:func:`annotate` orients pairs and attaches the log-probs training needs:
+:func:`annotate` orients pairs (LABELLED rows); it knows nothing of training's reference.
+The train stage attaches the log-probs training needs with :func:`attach_logps`, from the
+columns the run decides (:meth:`iterdpo.pipeline.context.Run.training_columns`):
 
-- ``ref_chosen_logps`` / ``ref_rejected_logps``: log-probs under the *training* reference:
-  the scored ``ref_logp`` when the reference is fixed, the scored ``policy_logp`` when the
-  reference is the previous iterate (it is the policy that was scored), NaN without one.
+- ``ref_chosen_logps`` / ``ref_rejected_logps``: log-probs under the *training* reference;
 - ``policy_chosen_logps`` / ``policy_rejected_logps``: log-probs under the model training
-  starts from, when scoring computed them (NaN otherwise); training checks its first
-  forward against them.
+  starts from (training checks its first forward against them).
 """
 
 from __future__ import annotations
@@ -87,18 +86,8 @@ def get_annotator(name: str, cfg=None, *, run_dir=None, iteration: int | None = 
     raise ValueError(f"unknown annotator {name!r}; available: {ANNOTATORS}")
 
 
-def preference_rows(oriented: list[tuple[dict, dict, str]], *, reference: str, init: str, iteration: int) -> list[dict]:
-    """PREFERENCES rows from (chosen, rejected, label_source) triples of SCORED rows.
-
-    The reference log-probs are those of the *training* reference: the scored
-    ``ref_logp`` with a fixed reference, the scored ``policy_logp`` when the reference is
-    the previous iterate (the policy that was scored), NaN without one. The start
-    log-probs are those of the model training starts from: the scored policy when
-    continuing, or the initial model when resetting, which is the scored reference only
-    if that is fixed.
-    """
-    ref_col = {"fixed": "ref_logp", "previous": "policy_logp"}.get(reference)
-    start_col = "policy_logp" if init == "continue" else ("ref_logp" if reference == "fixed" else None)
+def labelled_rows(oriented: list[tuple[dict, dict, str]], *, iteration: int) -> list[dict]:
+    """LABELLED rows from (chosen, rejected, label_source) triples of SCORED rows."""
     return [
         {
             "prompt_id": w["prompt_id"],
@@ -107,10 +96,6 @@ def preference_rows(oriented: list[tuple[dict, dict, str]], *, reference: str, i
             "rejected": lose["completion"],
             "chosen_id": w["completion_id"],
             "rejected_id": lose["completion_id"],
-            "ref_chosen_logps": w[ref_col] if ref_col else math.nan,
-            "ref_rejected_logps": lose[ref_col] if ref_col else math.nan,
-            "policy_chosen_logps": w[start_col] if start_col else math.nan,
-            "policy_rejected_logps": lose[start_col] if start_col else math.nan,
             "chosen_stopped": w["finish_reason"] == "stop",
             "rejected_stopped": lose["finish_reason"] == "stop",
             "label_source": source,
@@ -120,20 +105,39 @@ def preference_rows(oriented: list[tuple[dict, dict, str]], *, reference: str, i
     ]
 
 
+def attach_logps(labelled: pa.Table, scored: pa.Table, *, ref_column: str | None, start_column: str | None) -> pa.Table:
+    """PREFERENCES: LABELLED pairs with the log-probs training needs, taken from SCORED rows.
+
+    ``ref_column`` holds the log-probs of training's reference, ``start_column`` those of
+    the model training starts from (columns of ``scored``; None: NaN). Which columns those
+    are is the run's decision (:meth:`iterdpo.pipeline.context.Run.training_columns`).
+    """
+    by_id = records.rows_by(scored, "completion_id")
+    rows = []
+    for p in labelled.to_pylist():
+        w, lose = by_id[p["chosen_id"]], by_id[p["rejected_id"]]
+        rows.append({
+            **p,
+            "ref_chosen_logps": w[ref_column] if ref_column else math.nan,
+            "ref_rejected_logps": lose[ref_column] if ref_column else math.nan,
+            "policy_chosen_logps": w[start_column] if start_column else math.nan,
+            "policy_rejected_logps": lose[start_column] if start_column else math.nan,
+        })
+    return records.from_rows(rows, records.PREFERENCES)
+
+
 def annotate(
     candidates: pa.Table,
     scored: pa.Table,
     annotator: Annotator,
     *,
-    reference: str,
-    init: str,
     ties: str,
     iteration: int,
     seed: int,
     tie_threshold: float = 0.0,
     noise: float = 0.0,
 ) -> tuple[pa.Table, dict]:
-    """Label and orient candidate pairs; returns (PREFERENCES table, stats).
+    """Label and orient candidate pairs; returns (LABELLED table, stats).
 
     A label with ``|label| <= tie_threshold`` is a tie (dropped, or oriented by a seeded
     coin with ``ties='random'``). With ``noise > 0`` a seeded ``round(noise * pairs)`` of
@@ -166,7 +170,7 @@ def annotate(
     swapped = swap_indices(len(oriented), noise, seed)
     for i in swapped:
         oriented[i] = oriented[i][::-1]
-    out = preference_rows([(w, lose, annotator.name) for w, lose in oriented], reference=reference, init=init, iteration=iteration)
+    out = labelled_rows([(w, lose, annotator.name) for w, lose in oriented], iteration=iteration)
     stats = {"candidates": len(cands), "pairs": len(out), "ties": tied, "unlabelled": dropped}
     if noise > 0:
         # which pairs carry a wrong label: lets an analysis ask whether selection filters them out
@@ -174,4 +178,4 @@ def annotate(
                      noise_swapped_pairs=[[out[i]["chosen_id"], out[i]["rejected_id"]] for i in swapped])
     if hasattr(annotator, "stats"):
         stats["annotator"] = annotator.stats()
-    return records.from_rows(out, records.PREFERENCES), stats
+    return records.from_rows(out, records.LABELLED), stats
