@@ -16,7 +16,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from iterdpo import records  # noqa: E402,F401  (pyarrow.parquet loaded, as in a real run)
 from iterdpo.config import load_config  # noqa: E402
-from iterdpo.loop import Run, summarize  # noqa: E402
+from iterdpo.pipeline.context import Run  # noqa: E402
+from iterdpo.pipeline.summary import summarize  # noqa: E402
 from iterdpo.tracking import make_tracker  # noqa: E402
 
 out, name = sys.argv[1], sys.argv[2]

@@ -75,7 +75,7 @@ def test_compare_with_gold_and_implicit_metrics():
 
 def test_eval_judge_resolution():
     from iterdpo.config import ConfigError, load_config
-    from iterdpo.loop import eval_judge_name
+    from iterdpo.stages.evaluate import eval_judge_name
 
     assert eval_judge_name(load_config(None, [])) == "gold"
     assert eval_judge_name(load_config(None, ["annotate.annotator=judge"])) == "judge"

@@ -10,7 +10,7 @@ import pytest
 
 from iterdpo.config import load_config
 from iterdpo.hub import materialize, parse_spec
-from iterdpo.loop import Run
+from iterdpo.pipeline.context import Run
 from iterdpo.records import RecordError
 
 

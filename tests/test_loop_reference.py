@@ -12,12 +12,13 @@ from iterdpo import records
 
 @pytest.mark.slow
 def test_previous_reference_and_previous_iterate_scores(toy_cache, tmp_path):
-    from iterdpo import loop
     from iterdpo.config import load_config
+    from iterdpo.pipeline.driver import run_all
+    from iterdpo.stages import DEFAULT
 
     cfg = load_config(None, [f"run.output_dir={tmp_path}", "run.iterations=3", "run.reference=previous", "score.prev_policy=true",
                              "data.prompts_per_iteration=16", "evaluate.num_prompts=4", "train.epochs=1", "score.shard_rows=24"])
-    loop.run_all(cfg)
+    run_all(cfg, DEFAULT)
     root = tmp_path / "toy"
     for k in (1, 2, 3):
         stats = json.loads((root / f"iter_{k}" / "train" / "manifest.json").read_text())["stats"]

@@ -14,7 +14,7 @@ import pytest
 
 from iterdpo.config import load_config
 from iterdpo.hub import parse_spec
-from iterdpo.loop import eval_judge_name
+from iterdpo.stages.evaluate import eval_judge_name
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = sorted((ROOT / "recipes" / "configs").glob("*/*.yaml"))

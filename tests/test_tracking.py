@@ -70,12 +70,13 @@ def history(records) -> dict[str, object]:
 
 @pytest.fixture(scope="module")
 def tracked(toy_cache, tmp_path_factory, monkeypatch_module):
-    from iterdpo.loop import run_all
+    from iterdpo.pipeline.driver import run_all
+    from iterdpo.stages import DEFAULT
 
     monkeypatch_module.setenv("WANDB_MODE", "offline")
     out = tmp_path_factory.mktemp("wb")
     cfg = load_config(None, [*TINY, f"run.output_dir={out}", "run.name=wb", "run.report_to=wandb"])
-    run_all(cfg)
+    run_all(cfg, DEFAULT)
     return cfg
 
 
@@ -117,11 +118,12 @@ def test_offline_files_hold_iteration_metrics(tracked):
 
 @pytest.mark.slow
 def test_resume_continues_the_same_wandb_run_and_logs_once(tracked, monkeypatch_module):
-    from iterdpo.loop import run_all
+    from iterdpo.pipeline.driver import run_all
+    from iterdpo.stages import DEFAULT
 
     root = tracked.run_dir()
     before = json.loads((root / "wandb.json").read_text())
-    run_all(tracked)  # every stage is done: a resumed (requeued) run
+    run_all(tracked, DEFAULT)  # every stage is done: a resumed (requeued) run
     after = json.loads((root / "wandb.json").read_text())
     assert after == before == {"id": before["id"], "logged": [1]}
     files = sorted(root.glob(f"wandb/offline-run-*-{before['id']}/run-*.wandb"))
@@ -137,7 +139,7 @@ def test_report_to_none_needs_no_wandb(tracked, tmp_path):
         import sys
         sys.modules["wandb"] = None  # any 'import wandb' now raises ImportError
         from iterdpo.config import load_config
-        from iterdpo.loop import Run
+        from iterdpo.pipeline.context import Run
         from iterdpo.tracking import make_tracker
         base = ["run.output_dir={tracked.run.output_dir}", "run.name=wb"]
         run = Run(load_config(None, base))

@@ -111,12 +111,13 @@ def length_correlation(argv: list[str]) -> dict:
     r = beta * (log pi_T(y|x) - log pi_SFT(y|x)) (score.beta), and its Pearson correlation
     with the answer's length in tokens; one definition for every loss and method (SimPO's
     own reward has no reference, and SeRA's reference is pi_{T-1})."""
-    from iterdpo import loop, scoring
+    from iterdpo import scoring
     from iterdpo.config import load_config
     from iterdpo.evaluation import pearson
+    from iterdpo.pipeline.context import Run
 
     cfg = load_config(argv[1], argv[2:])
-    run = loop.Run(cfg)
+    run = Run(cfg)
     k = cfg.run.iterations
     answers = run.data(k, "eval_responses", "completions.parquet")
     scored = scoring.score(answers, run.policy(k), run.initial_model(), tokenizer_path=cfg.model.tokenizer, model_cfg=cfg.model,
@@ -129,16 +130,19 @@ def run_final_eval(argv: list[str]) -> dict:
     """SeRA's recipe loop (recipes/seraidpo.py) with the held-out evaluation of the last
     iteration only: the SeRA grid reports the final policy, and evaluating every iterate
     would cost a third of its time. Returns the final evaluate stats and the pairs trained."""
-    from iterdpo import loop
     from iterdpo.config import load_config
+    from iterdpo.pipeline.driver import close_run, run_stage, start_run
+    from iterdpo.pipeline.summary import STAGES
+    from iterdpo.stages import pipeline_for
 
     cfg = load_config(argv[1], argv[2:])
-    run, _ = loop.start_run(cfg)
+    run, _ = start_run(cfg, pipeline_for(cfg), track=False)
     last = cfg.run.iterations
     for k in range(1, last + 1):
-        for stage in loop.STAGES:
+        for stage in STAGES:
             if stage != "evaluate" or k == last:
-                loop.run_stage(run, stage, k)
+                run_stage(run, stage, k)
+    close_run(run)
     return {"evaluate": run.stats(last, "evaluate"), "baseline_mean_gold_reward": run.stats(last, "evaluate").get("baseline_mean_gold_reward"),
             "pairs": [run.stats(k, "train")["pairs"] for k in range(1, last + 1)]}
 

@@ -13,8 +13,7 @@ fields and the keys of its inputs (a producing stage's manifest key, a model's f
 fingerprint, a value's own key). Nobody lists a stage's inputs twice: what a stage can
 read is exactly what its key covers, because the body reads through :class:`Call`, which
 only knows the declared inputs. A stage whose inputs have not run yet has them run first
-(:func:`ensure` walks the graph), so a recipe may call the stages in any order that it
-finds readable.
+(:func:`ensure`), so a recipe may call the stages in any order that it finds readable.
 
 A pipeline is a plain mapping of stage names to stages; see :mod:`iterdpo.stages`.
 """
@@ -226,7 +225,7 @@ def ensure(run: Run, pipeline: Pipeline, name: str, k: int | None) -> dict:
         raise KeyError(f"stage {name!r} is not part of this pipeline (stages: {sorted(pipeline)})")
     stage = pipeline[name]
     inputs = stage.reads(run, k)
-    keys = {inp: ensure(run, pipeline, inp.stage, inp.k)["key"] for inp in inputs.values() if isinstance(inp, Ref)}
+    keys = {inp: _produced(run, pipeline, inp)["key"] for inp in inputs.values() if isinstance(inp, Ref)}
     if stage.prepare is not None and dist.is_main() and run.rd.manifest(path) is None:
         stage.prepare(run, k)
     key = derive_key(run, stage, k, inputs, keys)
@@ -237,6 +236,16 @@ def ensure(run: Run, pipeline: Pipeline, name: str, k: int | None) -> dict:
         m = _execute(run, pipeline, stage, k, path, key, inputs)
     run.verified[path] = m
     return m
+
+
+def _produced(run: Run, pipeline: Pipeline, ref: Ref) -> dict:
+    """The manifest of the stage that produces ``ref``; run first if it has not finished.
+
+    A finished producer is taken as it is (its own key is checked when it is run itself,
+    and for the whole run by start_run's key check), so a finished run is not re-walked.
+    """
+    m = run.verified.get(stage_dir(run, pipeline, ref.stage, ref.k)) or run.rd.manifest(stage_dir(run, pipeline, ref.stage, ref.k))
+    return m if m is not None else ensure(run, pipeline, ref.stage, ref.k)
 
 
 def _execute(run: Run, pipeline: Pipeline, stage: Stage, k: int | None, path: Path, key: str, inputs: dict) -> dict:

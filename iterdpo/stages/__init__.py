@@ -29,6 +29,8 @@ from iterdpo.stages.arm import ARM
 from iterdpo.stages.default import DEFAULT
 from iterdpo.stages.sera import SERA
 
+__all__ = ["ACTIVE_RM", "APL", "ARM", "DEFAULT", "PIPELINES", "SELECTOR_PIPELINES", "SERA", "pipeline_for"]
+
 PIPELINES = {"iterative": DEFAULT, "apl": APL, "arm": ARM, "sera": SERA, "active_rm": ACTIVE_RM}
 
 # select.selector -> the pipeline whose select stage implements it

@@ -145,15 +145,17 @@ def test_cli_and_loop_flow(tmp_path):
     import subprocess
     import sys
 
-    from iterdpo import loop, records
+    from iterdpo import records
     from iterdpo.config import load_config
+    from iterdpo.pipeline.driver import open_run, run_stage
+    from iterdpo.stages import DEFAULT
     from tests.annotation.conftest import fake_run
 
     root = fake_run(tmp_path)
     over = [f"run.output_dir={tmp_path}", "annotate.annotator=human"]
-    run = loop.Run(load_config(None, over))
+    run = open_run(load_config(None, over), DEFAULT)
     with pytest.raises(RecordError, match="iteration 1 waits for human labels"):
-        loop.annotate(run, 1)
+        run_stage(run, "annotate", 1)
     request = root / "iter_1" / "human_request.jsonl"
     assert request.exists()
 
@@ -180,7 +182,7 @@ def test_cli_and_loop_flow(tmp_path):
         w.writerows(rows)
     r = cli("annotate-import", "-k", "1", "--labels", str(out))
     assert r.returncode == 0, r.stderr
-    m = loop.annotate(run, 1)
+    m = run_stage(run, "annotate", 1)
     assert m["stats"]["pairs"] == len(rows)
     pairs = records.read_table(root / "iter_1" / "annotate" / "pairs.parquet").to_pylist()
     assert {p["chosen_id"] for p in pairs} == {row["a_id"] for row in rows}

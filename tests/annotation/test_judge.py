@@ -226,22 +226,23 @@ def test_templates_from_files(tmp_path):
 def test_annotate_stage_reports_usage_and_a_rerun_pays_nothing(server, tmp_path):
     import shutil
 
-    from iterdpo import loop
     from iterdpo.config import load_config
+    from iterdpo.pipeline.driver import open_run, run_stage
+    from iterdpo.stages import DEFAULT
     from tests.annotation.conftest import fake_run
 
     root = fake_run(tmp_path, iterations=1)
     port = server.server_address[1]
     cfg = load_config(None, [f"run.output_dir={tmp_path}", "annotate.annotator=judge", f"annotate.judge.url=http://127.0.0.1:{port}/v1",
                              "annotate.judge.price_input_per_mtok=1.0", "annotate.judge.backoff=0.01"])
-    run = loop.Run(cfg)
-    m = loop.annotate(run, 1)
+    run = open_run(cfg, DEFAULT)
+    m = run_stage(run, "annotate", 1)
     st = m["stats"]["annotator"]
     assert st["requests"] == server.calls == m["stats"]["candidates"] == 10
     assert st["prompt_tokens"] == 1000 and st["cost"] == pytest.approx(0.001)
     assert (root / "judge_cache.sqlite").exists()
     shutil.rmtree(root / "iter_1" / "annotate")  # as if the stage had died before committing
-    m2 = loop.annotate(loop.Run(cfg), 1)
+    m2 = run_stage(open_run(cfg, DEFAULT), "annotate", 1)
     assert server.calls == 10 and m2["stats"]["annotator"]["cache_hits"] == 10 and m2["stats"]["annotator"]["cost"] == 0
 
 

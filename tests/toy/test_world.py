@@ -122,7 +122,7 @@ def test_config_world_shorthands_and_gold():
 
 def test_gold_annotator_and_eval_judge_use_the_world_gold():
     from iterdpo.annotation import get_annotator
-    from iterdpo.loop import eval_judge_name
+    from iterdpo.stages.evaluate import eval_judge_name
 
     cfg = load_config(None, ["model.name_or_path=/some/sft", "annotate.gold=world"])
     gold = get_annotator("gold", cfg.annotate)
@@ -138,13 +138,14 @@ def test_gold_annotator_and_eval_judge_use_the_world_gold():
 def test_sera_offline_world(tmp_path):
     import pyarrow.parquet as pq
 
-    from iterdpo import loop, sera_stages
+    from iterdpo.pipeline.driver import open_run, run_stage
+    from iterdpo.stages import SERA
 
     cfg = load_config(None, [
         f"run.output_dir={tmp_path}", "run.reference=previous", "select.selector=sera", "sera.ensemble_lambda=0",
         "sera.offline=world", "sera.offline_size=60", "sera.offline_noise=0.2", "sera.offline_length_bias=0.5",
     ])
-    m = sera_stages.offline(loop.Run(cfg))
+    m = run_stage(open_run(cfg, SERA), "offline", None)
     assert m["stats"]["pairs"] == 60
     src = [json.loads(line) for line in (tmp_path / "toy" / "offline" / "offline_source.jsonl").read_text().splitlines()]
     assert sum(r["swapped"] for r in src) == 12 and sum(r["length_biased"] for r in src) == 30
