@@ -49,22 +49,22 @@ def read_columns(source: Source, columns: list[str], where: str = "input", optio
         if not files:
             raise records.RecordError(f"{path}: no .parquet files in this folder")
         names = pq.read_schema(files[0]).names
-        _require(names, columns, str(path))
+        require_columns(names, columns, str(path))
         keep = columns + [c for c in optional if c in names]
         return pa.concat_tables([pq.read_table(f, columns=keep) for f in files])
     if isinstance(source, pa.RecordBatchReader):
         names = source.schema.names
-        _require(names, columns, where)
+        require_columns(names, columns, where)
         keep = columns + [c for c in optional if c in names]
         schema = pa.schema([source.schema.field(c) for c in keep])
         return pa.Table.from_batches([b.select(keep) for b in source], schema=schema)
     if not isinstance(source, pa.Table):
         raise TypeError(f"{where}: expected a pyarrow Table, RecordBatchReader or Parquet path, got {type(source).__name__}")
-    _require(source.column_names, columns, where)
+    require_columns(source.column_names, columns, where)
     return source.select(columns + [c for c in optional if c in source.column_names])
 
 
-def _require(names: list[str], columns: list[str], where: str) -> None:
+def require_columns(names: list[str], columns: list[str], where: str) -> None:
     missing = [c for c in columns if c not in names]
     if missing:
         raise records.RecordError(f"{where}: missing column(s) {missing}; has {list(names)}")

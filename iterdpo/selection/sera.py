@@ -115,7 +115,7 @@ def _offline_rewards(pairs: pa.Table, scored: base.Source | None, cur: str, prev
     of the first pair, for errors; ``lookup``: :func:`_lookup_table` of ``scored``, reused)."""
     if scored is None:
         need = [f"chosen_{cur}", f"rejected_{cur}"] + ([f"prev_chosen_{cur}", f"prev_rejected_{cur}"] if lam else [])
-        base._require(pairs.column_names, need, where)
+        base.require_columns(pairs.column_names, need, where)
         rc, rr = (base.float_column(pairs, c, where, offset) for c in need[:2])
         pc_, pr_ = (base.float_column(pairs, c, where, offset) for c in need[2:]) if lam else (None, None)
         return ensemble(rc, pc_, lam), ensemble(rr, pr_, lam)
