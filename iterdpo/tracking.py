@@ -7,7 +7,7 @@
     completions          wandb.Table of sampled completions: prompt, completion, reward,
                          reward_norm, num_tokens, finish_reason, selected, label
     select/selected_margins   wandb.Histogram of |r(a) - r(b)| of the selected pairs
-    artifacts            <run>-data (scored completions, candidate and preference pairs) and
+    artifacts            <run>-data (every table of score, select, annotate, train as <stage>/<file>) and
                          <run>-model (the checkpoint pi_k), aliased ``iter<k>``, with the
                          iteration and the stage keys as metadata
 
@@ -146,22 +146,22 @@ class WandbTracker(Tracker):
         wandb = self.wandb
         base = _artifact_name(run.cfg.run.name)
 
-        def add(art, path: Path) -> None:
+        def add(art, path: Path, name: str) -> None:
             if upload:
-                (art.add_dir if path.is_dir() else art.add_file)(str(path))
+                art.add_dir(str(path), name=name) if path.is_dir() else art.add_file(str(path), name=name)
             else:
-                art.add_reference(path.resolve().as_uri(), name=path.name)
+                art.add_reference(path.resolve().as_uri(), name=name)
 
         meta = {"iteration": k, **{f"{s}_key": run.stage_key(k, s) for s in ("score", "select", "annotate", "train")}}
         data = wandb.Artifact(f"{base}-data", type="dataset", metadata={**meta, "annotate": run.stats(k, "annotate")})
         files = {artifacts.path_of(run.rd.stage(k, stage), a.name) for stage in ("score", "select", "annotate")
                  for a in artifacts.ARTIFACTS.values() if a.schema is not None}
         files.add(artifacts.path_of(run.rd.stage(k, "train"), "preferences"))  # the pairs with training's log-probs
-        for path in sorted(p for p in files if p.is_file()):  # every table artifact of those stages
-            add(data, path)
+        for path in sorted(p for p in files if p.is_file()):  # every table artifact of those stages, as <stage>/<file>
+            add(data, path, f"{path.parent.name}/{path.name}")
         self.wb.log_artifact(data, aliases=[f"iter{k}", "latest"])
         model = wandb.Artifact(f"{base}-model", type="model", metadata={**meta, "train": run.stats(k, "train")})
-        add(model, run.rd.stage(k, "train") / "model")
+        add(model, run.rd.stage(k, "train") / "model", "model")
         self.wb.log_artifact(model, aliases=[f"iter{k}", "latest"])
 
     def finish(self, summary: dict) -> None:

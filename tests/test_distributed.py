@@ -96,7 +96,7 @@ def test_deepspeed_two_processes(stage, extra, toy_cache, tmp_path):
     from iterdpo.logprobs import score_logps
 
     model_dir = tmp_path / "toy" / "iter_1" / "train" / "model"
-    pairs = records.read_table(tmp_path / "toy" / "iter_1" / "annotate" / "pairs.parquet").to_pylist()
+    pairs = records.read_table(tmp_path / "toy" / "iter_1" / "train" / "pairs.parquet").to_pylist()
     got, _ = score_logps(AutoModelForCausalLM.from_pretrained(model_dir), AutoTokenizer.from_pretrained(model_dir),
                          [{"prompt": r["prompt"], "completion": r["chosen"], "finish_reason": "stop" if r["chosen_stopped"] else "length"} for r in pairs],
                          max_prompt_length=128, max_length=256, batch_tokens=4096)

@@ -58,7 +58,7 @@ def results(root: Path) -> dict:
     weights = load_file(root / "iter_2" / "train" / "model" / "model.safetensors")
     return {
         "summary": summary,
-        "pairs": [pq.read_table(root / f"iter_{k}" / "annotate" / "pairs.parquet").to_pylist() for k in (1, 2)],
+        "pairs": [pq.read_table(root / f"iter_{k}" / "train" / "pairs.parquet").to_pylist() for k in (1, 2)],
         "weights": weights,
     }
 
@@ -94,22 +94,51 @@ def test_summary_and_table(reference_run):
         for stage in ("sample", "score", "select", "annotate", "train", "evaluate"):
             assert (root / f"iter_{k}" / stage / "manifest.json").exists()
     # stage outputs follow TRL's column names, so TRL can load them
-    pairs = pq.read_table(root / "iter_1" / "annotate" / "pairs.parquet")
+    pairs = pq.read_table(root / "iter_1" / "train" / "pairs.parquet")  # the pairs trained on, with their log-probs
     assert {"prompt", "chosen", "rejected", "ref_chosen_logps", "ref_rejected_logps"} <= set(pairs.column_names)
+
+
+def test_report_and_wandb_read_every_artifact(reference_run):
+    from tests.reading import report_and_wandb_read_every_artifact
+
+    report_and_wandb_read_every_artifact(reference_run[0])
 
 
 def test_rerunning_a_finished_run_does_no_work(reference_run):
     root, cfg, _ = reference_run
     before = {p: p.stat().st_mtime_ns for p in root.rglob("manifest.json")}
     log = finish(cfg)
-    assert "running" not in log and log.count("done already, skipped") == 2 * 8  # 6 stages + eval responses + baseline
+    assert "running" not in log and log.count("done already, skipped") == 2 * 6  # the 6 stages the driver runs
     assert before == {p: p.stat().st_mtime_ns for p in root.rglob("manifest.json")}
 
 
 def test_changed_config_refuses_to_reuse_outputs(reference_run):
     root, cfg, _ = reference_run
+    before = (root / "config.yaml").read_text()
     p = subprocess.run([sys.executable, "-m", "iterdpo", "run", "--config", str(cfg), "train.beta=0.3"], capture_output=True, text=True)
     assert p.returncode == 2 and "different config" in p.stderr
+    assert (root / "config.yaml").read_text() == before  # it still describes the outputs beside it
+
+
+def test_a_second_process_on_a_running_run_exits_2_and_leaves_it_intact(toy_cache, tmp_path):
+    """Issue 12: two `iterdpo run` on one run name mixed two configs in one run directory."""
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(TINY.format(name="twice", out=tmp_path).replace("iterations: 2", "iterations: 1"))
+    root = tmp_path / "twice"
+    first = start(cfg)
+    deadline = time.time() + 600  # a hang guard
+    while f'"pid": {first.pid}' not in ((root / ".lock").read_text() if (root / ".lock").exists() else ""):
+        assert first.poll() is None and time.time() < deadline
+        time.sleep(0.01)
+    second = subprocess.run([sys.executable, "-m", "iterdpo", "run", "--config", str(cfg), "sample.temperature=0.7"],
+                            capture_output=True, text=True, timeout=120)
+    assert second.returncode == 2 and f"{root} is in use by pid {first.pid}" in second.stderr, second.stderr
+    assert first.poll() is None, "the first run ended before the second tried: the check proved nothing"
+    out, _ = first.communicate(timeout=600)
+    assert first.returncode == 0, out
+    assert "temperature: 1.0" in (root / "config.yaml").read_text()
+    log = finish(cfg)  # every stage is the first run's, under its config
+    assert "running" not in log and log.count("done already, skipped") == 6
 
 
 def test_sigkill_in_sampling_and_training_then_resume(reference_run, tmp_path):

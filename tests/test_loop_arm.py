@@ -29,3 +29,6 @@ def test_arm_selects_same_prompt_pairs_with_a_model_fitted_on_earlier_labels(toy
     m1 = [c["margin"] for c in pq.read_table(root / "iter_1" / "select" / "candidates.parquet").to_pylist()]
     m2 = [c["margin"] for c in pq.read_table(root / "iter_2" / "select" / "candidates.parquet").to_pylist()]
     assert sum(m2) / len(m2) > 2 * sum(m1) / len(m1)
+    from tests.reading import report_and_wandb_read_every_artifact
+
+    report_and_wandb_read_every_artifact(root)

@@ -52,7 +52,7 @@ def test_toy_recipe_under_accelerate_then_resumed_by_python(toy_cache, tmp_path)
     assert summary["iterations"][0]["pairs_trained"] > 0
     again = subprocess.run([sys.executable, *script], cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0, again.stdout + again.stderr
-    assert again.stdout.count("done already, skipped") >= 7 and ": running" not in again.stdout
+    assert again.stdout.count("done already, skipped") >= 6 and ": running" not in again.stdout
 
 
 def _recipe(name: str):
@@ -88,7 +88,10 @@ def test_apl_recipe_certainty_reset_then_entropy(toy_cache, tmp_path, capsys):
     capsys.readouterr()
     apl.main(["--config", "recipes/configs/toy/apl.yaml", *small, "run.iterations=2"])  # resumes: nothing reruns
     out = capsys.readouterr().out
-    assert out.count("done already, skipped") >= 13 and ": running" not in out
+    assert out.count("done already, skipped") >= 12 and ": running" not in out
+    from tests.reading import report_and_wandb_read_every_artifact
+
+    report_and_wandb_read_every_artifact(root)
 
     # entropy: n=4 samples at T=1; the 4 kept prompts are the highest -(1/n) sum_k logp(y^k|x)
     apl.main(["--config", "recipes/configs/toy/apl.yaml", *small, "run.iterations=1", "run.name=apl_entropy",

@@ -41,7 +41,8 @@ def sera_run(toy_cache, tmp_path_factory):
 
 
 def pairs(root, k):
-    return pq.read_table(root / f"iter_{k}" / "annotate" / "pairs.parquet").to_pylist()
+    """The pairs iteration k trained on, with the reference and start log-probs training attached."""
+    return pq.read_table(root / f"iter_{k}" / "train" / "pairs.parquet").to_pylist()
 
 
 def test_iteration_one_trains_on_all_offline_pairs_against_pi0(sera_run):
@@ -81,3 +82,12 @@ def test_later_iterations_mix_top_offline_and_bootstrapped_pairs(sera_run):
         # reference = pi_{k-1}, the scored policy: reference log-probs are its log-probs
         assert all(x["ref_chosen_logps"] == scored[x["chosen_id"]]["policy_logp"] for x in p)
     assert not math.isnan(scored[offline[0]["chosen_id"]]["prev_reward"])  # pi_1 scored at iteration 3
+
+
+def test_report_and_wandb_read_every_seraidpo_artifact(sera_run):
+    """Issue 12: `iterdpo report` and the W&B table raised KeyError: 'a_id' on SeRA's pairs."""
+    from tests.reading import report_and_wandb_read_every_artifact
+
+    assert (sera_run / "iter_2" / "select" / "sera_pairs.parquet").exists()
+    assert not (sera_run / "iter_2" / "select" / "candidates.parquet").exists()  # one schema per file name
+    report_and_wandb_read_every_artifact(sera_run)

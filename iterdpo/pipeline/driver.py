@@ -58,8 +58,9 @@ def start_run(cfg: Config, pipeline: Pipeline, track: bool = True) -> tuple[Run,
     for stage in pipeline.values():
         if stage.check is not None:
             stage.check(cfg)
+    lock = RunLock(cfg.run_dir()).acquire()  # before any heavy import: a second process exits at once
     run = open_run(cfg, pipeline)
-    run.lock = RunLock(run.rd.root).acquire()
+    run.lock = lock
     check_keys(run)
     if not dist.is_main():
         return run, None

@@ -35,7 +35,7 @@ def test_round_trip_jsonl_orients_as_labelled(scored, candidates, tmp_path):
     counts = import_labels(f, candidates, tmp_path / "run", 1)
     assert counts == {"rows": len(rows), "ties": len(rows[2::4]), "skipped": len(rows[3::4]), "labelled": len(rows[0::4]) + len(rows[1::4])}
     ann = HumanAnnotator(labels_path(tmp_path / "run", 1))
-    table, stats = annotate(candidates, scored, ann, reference="fixed", init="continue", ties="drop", iteration=1, seed=0)
+    table, stats = annotate(candidates, scored, ann, ties="drop", iteration=1, seed=0)
     assert stats["ties"] == counts["ties"] and stats["unlabelled"] == counts["skipped"]
     want = {r["pair_id"]: (r["a_id"] if r["label"] == "A" else r["b_id"]) for r in rows if r["label"] in ("A", "b")}
     got = {f"{min(r['chosen_id'], r['rejected_id'])}~{max(r['chosen_id'], r['rejected_id'])}": r["chosen_id"] for r in table.to_pylist()}

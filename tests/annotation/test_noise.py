@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from iterdpo.annotation import annotate
+from iterdpo.annotation import annotate, attach_logps
 from iterdpo.annotation.gold import GoldAnnotator
 from iterdpo.annotation.noise import swap_indices
 
@@ -35,7 +35,7 @@ def test_seeds_differ_and_bad_fractions_are_refused():
 
 
 def test_annotate_swaps_the_chosen_pairs_and_records_them(scored, candidates):
-    kw = dict(reference="fixed", init="continue", ties="drop", iteration=1, seed=7)
+    kw = dict(ties="drop", iteration=1, seed=7)
     clean, s0 = annotate(candidates, scored, GoldAnnotator(), **kw)
     noisy, s1 = annotate(candidates, scored, GoldAnnotator(), noise=0.4, **kw)
     assert "noise_swapped" not in s0
@@ -43,6 +43,8 @@ def test_annotate_swaps_the_chosen_pairs_and_records_them(scored, candidates):
     c, n = clean.to_pylist(), noisy.to_pylist()
     flipped = [[b["chosen_id"], b["rejected_id"]] for a, b in zip(c, n, strict=True) if a["chosen_id"] != b["chosen_id"]]
     assert flipped == s1["noise_swapped_pairs"]
+    c = attach_logps(clean, scored, ref_column="ref_logp", start_column="policy_logp").to_pylist()
+    n = attach_logps(noisy, scored, ref_column="ref_logp", start_column="policy_logp").to_pylist()
     for a, b in zip(c, n, strict=True):  # a swapped pair swaps its log-probs too
         if a["chosen_id"] != b["chosen_id"]:
             assert (a["chosen"], a["ref_chosen_logps"]) == (b["rejected"], b["ref_rejected_logps"])

@@ -38,7 +38,7 @@ def test_scores_do_not_depend_on_batching_or_order(rm, scored):
 
 
 def test_compare_is_a_score_difference_and_orients_pairs(rm, scored, candidates):
-    table, stats = annotate(candidates, scored, rm, reference="fixed", init="continue", ties="drop", iteration=1, seed=0)
+    table, stats = annotate(candidates, scored, rm, ties="drop", iteration=1, seed=0)
     assert stats["pairs"] == candidates.num_rows and table.num_rows == candidates.num_rows
     rows = table.to_pylist()
     s_c = rm.score([r["prompt"] for r in rows], [r["chosen"] for r in rows])
@@ -52,7 +52,7 @@ def test_compare_is_a_score_difference_and_orients_pairs(rm, scored, candidates)
 def test_tie_threshold_turns_small_differences_into_ties(rm, scored, candidates):
     diffs = [abs(x) for x in rm.compare(*_texts(scored, candidates))]
     thr = sorted(diffs)[len(diffs) // 2]
-    _, stats = annotate(candidates, scored, rm, reference="fixed", init="continue", ties="drop", iteration=1, seed=0, tie_threshold=thr)
+    _, stats = annotate(candidates, scored, rm, ties="drop", iteration=1, seed=0, tie_threshold=thr)
     assert stats["ties"] == sum(d <= thr for d in diffs)
     assert stats["pairs"] == candidates.num_rows - stats["ties"]
 
