@@ -21,14 +21,34 @@ before validation.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from iterdpo import registry
 
 
 class ConfigError(ValueError):
     """A bad config: the message names the file, the key and what is allowed."""
+
+
+def _named(table: dict, kind: str, *extra: str):
+    """A str field whose allowed values are the keys of a name table (iterdpo.registry), plus ``extra``."""
+
+    def check(value: str) -> str:
+        if value not in table and value not in extra:
+            raise ValueError(f"unknown {kind} {value!r}; allowed: {registry.allowed(table, *extra)}")
+        return value
+
+    return Annotated[str, AfterValidator(check)]
+
+
+SamplerName = _named(registry.SAMPLERS, "sampler")
+SelectorName = _named(registry.SELECTORS, "selector")
+AnnotatorName = _named(registry.ANNOTATORS, "annotator")
+LossName = _named(registry.LOSSES, "loss")
+JudgeName = _named(registry.JUDGES, "judge", "auto")
 
 
 class _Section(BaseModel):
@@ -109,7 +129,7 @@ class DataConfig(_Section):
 
 
 class SampleConfig(_Section):
-    backend: Literal["hf", "vllm", "server"] = Field("hf", description="Sampling backend.")
+    backend: SamplerName = Field("hf", description="Sampling backend (iterdpo.registry.SAMPLERS).")
     n: int = Field(4, ge=2, description="Responses per prompt (>= 2 to form pairs).")
     temperature: float = Field(1.0, ge=0.0, description="Sampling temperature.")
     top_p: float = Field(1.0, gt=0.0, le=1.0, description="Nucleus sampling mass.")
@@ -157,7 +177,7 @@ class ScoreConfig(_Section):
 
 
 class SelectConfig(_Section):
-    selector: Literal["margin", "certainty", "entropy", "hybrid", "random", "sera", "arm"] = Field(
+    selector: SelectorName = Field(
         "margin",
         description="'margin' = instance + corpus margin selection (Yang et al.); 'certainty' = APL's "
         "largest |r1 - r2| of each prompt's first two responses (Muldrew et al.), keeping corpus_fraction of the prompts; "
@@ -217,7 +237,7 @@ class JudgeConfig(_Section):
 
 
 class AnnotateConfig(_Section):
-    annotator: Literal["gold", "reward_model", "judge", "implicit", "human"] = Field(
+    annotator: AnnotatorName = Field(
         "gold",
         description="Who labels the pairs: 'gold' (a built-in task's gold reward: annotate.gold), 'reward_model' (a sequence-classification "
         "model), 'judge' (an LLM over HTTP), 'implicit' (the policy's own implicit reward, SeRA), 'human' (exported and imported files).",
@@ -241,7 +261,7 @@ class AnnotateConfig(_Section):
 
 
 class TrainConfig(_Section):
-    loss: Literal["dpo", "cdpo", "rdpo", "ipo", "slic", "simpo"] = Field("dpo", description="Preference loss.")
+    loss: LossName = Field("dpo", description="Preference loss (iterdpo.registry.LOSSES).")
     beta: float = Field(0.1, gt=0.0, description="beta of the loss.")
     label_smoothing: float = Field(0.0, ge=0.0, lt=0.5, description="eps of cDPO / rDPO.")
     ipo_per_token: bool = Field(False, description="IPO on per-token mean log-probs (TRL's convention) instead of sums.")
@@ -274,7 +294,7 @@ class EvaluateConfig(_Section):
     num_prompts: int = Field(64, ge=1, description="Held-out prompts evaluated (the first N).")
     temperature: float = Field(0.7, ge=0.0, description="Sampling temperature of evaluation responses.")
     max_tokens: int = Field(48, ge=1, description="Maximum new tokens of evaluation responses.")
-    judge: Literal["auto", "gold", "reward_model", "judge"] = Field(
+    judge: JudgeName = Field(
         "auto",
         description="Who judges policy vs baseline: 'auto' = the annotator when it can (gold, reward_model, judge), "
         "else gold on the toy task; reward_model / judge use the annotate section's settings.",

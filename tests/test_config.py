@@ -47,7 +47,7 @@ def test_wrong_type(tmp_path):
 
 
 def test_choice_lists_allowed_values(tmp_path):
-    with pytest.raises(ConfigError, match=r"train.loss: .*'dpo'.*'simpo'"):
+    with pytest.raises(ConfigError, match=r"train.loss: .*unknown loss 'kto'; allowed: dpo, .*simpo"):
         load_config(write(tmp_path, "train: {loss: kto}\n"))
 
 

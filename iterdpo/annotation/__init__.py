@@ -32,6 +32,7 @@ from typing import Protocol
 import pyarrow as pa
 
 from iterdpo import records
+from iterdpo.registry import ANNOTATORS, load
 
 
 class Annotator(Protocol):
@@ -40,50 +41,58 @@ class Annotator(Protocol):
     def compare(self, prompts: list[str], a: list[str], b: list[str]) -> list[float | None]: ...
 
 
-ANNOTATORS = ["gold", "reward_model", "judge", "implicit", "human"]
+def gold_annotator(cfg=None, **_) -> Annotator:
+    from iterdpo.annotation.gold import GoldAnnotator
+
+    return GoldAnnotator(getattr(cfg, "gold", None) or "toy")
+
+
+def reward_model_annotator(cfg, **_) -> Annotator:
+    from iterdpo.annotation.reward_model import RewardModelAnnotator
+
+    if not cfg.reward_model:
+        raise ValueError("annotate.reward_model: set it to the reward model's folder for annotator 'reward_model'")
+    return RewardModelAnnotator(cfg.reward_model, batch_tokens=cfg.rm_batch_tokens, max_length=cfg.rm_max_length, dtype=cfg.rm_dtype)
+
+
+def judge_annotator(cfg, *, run_dir=None, seed: int = 0, for_eval: bool = False, **_) -> Annotator:
+    from pathlib import Path
+
+    from iterdpo.annotation.judge import JudgeAnnotator
+
+    cache = cfg.judge.cache
+    if cache is None and run_dir is not None:
+        cache = str(Path(run_dir) / "judge_cache.sqlite")
+    cache = None if cache in (None, "none") else cache
+    return JudgeAnnotator(cfg.judge, cache_path=cache, seed=seed, on_unparseable="coin" if for_eval else "drop")
+
+
+def implicit_annotator(cfg, **_) -> Annotator:
+    from iterdpo.annotation.implicit import ImplicitAnnotator
+
+    return ImplicitAnnotator(cfg.implicit_column)
+
+
+def human_annotator(cfg, *, run_dir=None, iteration: int | None = None, **_) -> Annotator:
+    from iterdpo.annotation.human import HumanAnnotator, labels_path
+
+    if run_dir is None or iteration is None:
+        raise ValueError("annotator 'human' needs the run directory and the iteration")
+    return HumanAnnotator(labels_path(run_dir, iteration))
 
 
 def get_annotator(name: str, cfg=None, *, run_dir=None, iteration: int | None = None, seed: int = 0,
                   for_eval: bool = False) -> Annotator:
-    """Build an annotator from an :class:`iterdpo.config.AnnotateConfig` (``cfg``).
+    """Build the annotator ``name`` (:data:`iterdpo.registry.ANNOTATORS`) from an :class:`iterdpo.config.AnnotateConfig`.
 
     ``run_dir`` locates the judge cache (``<run_dir>/judge_cache.sqlite`` by default) and
     the human label files (``<run_dir>/iter_<k>/human_labels.jsonl``). ``for_eval`` makes
     a judge flip a seeded coin on an unparseable answer instead of dropping the pair.
     """
-    from pathlib import Path
-
-    if name == "gold":
-        from iterdpo.annotation.gold import GoldAnnotator
-
-        return GoldAnnotator(getattr(cfg, "gold", None) or "toy")
-    if cfg is None:
+    build = load(ANNOTATORS, name, "annotator")
+    if cfg is None and name != "gold":
         raise ValueError(f"annotator {name!r} needs the annotate config section")
-    if name == "reward_model":
-        from iterdpo.annotation.reward_model import RewardModelAnnotator
-
-        if not cfg.reward_model:
-            raise ValueError("annotate.reward_model: set it to the reward model's folder for annotator 'reward_model'")
-        return RewardModelAnnotator(cfg.reward_model, batch_tokens=cfg.rm_batch_tokens, max_length=cfg.rm_max_length, dtype=cfg.rm_dtype)
-    if name == "judge":
-        from iterdpo.annotation.judge import JudgeAnnotator
-
-        cache = cfg.judge.cache
-        if cache is None and run_dir is not None:
-            cache = str(Path(run_dir) / "judge_cache.sqlite")
-        cache = None if cache in (None, "none") else cache
-        return JudgeAnnotator(cfg.judge, cache_path=cache, seed=seed, on_unparseable="coin" if for_eval else "drop")
-    if name == "implicit":
-        from iterdpo.annotation.implicit import ImplicitAnnotator
-
-        return ImplicitAnnotator(cfg.implicit_column)
-    if name == "human":
-        from iterdpo.annotation.human import HumanAnnotator, labels_path
-
-        if run_dir is None or iteration is None:
-            raise ValueError("annotator 'human' needs the run directory and the iteration")
-        return HumanAnnotator(labels_path(run_dir, iteration))
-    raise ValueError(f"unknown annotator {name!r}; available: {ANNOTATORS}")
+    return build(cfg, run_dir=run_dir, iteration=iteration, seed=seed, for_eval=for_eval)
 
 
 def labelled_rows(oriented: list[tuple[dict, dict, str]], *, iteration: int) -> list[dict]:

@@ -36,11 +36,7 @@ from pathlib import Path
 
 import pyarrow as pa
 
-SAMPLERS = {
-    "hf": "iterdpo.sampling.hf:sample_hf",
-    "vllm": "iterdpo.sampling.vllm_engine:sample_vllm",
-    "server": "iterdpo.sampling.server:sample_server",
-}
+from iterdpo.registry import SAMPLERS, load
 
 
 @dataclass(frozen=True)
@@ -60,12 +56,7 @@ def shard_seed(seed: int, shard: int) -> int:
 
 
 def get_sampler(backend: str) -> Callable:
-    if backend not in SAMPLERS:
-        raise ValueError(f"unknown sampling backend {backend!r}; available: {sorted(SAMPLERS)}")
-    module, fn = SAMPLERS[backend].split(":")
-    import importlib
-
-    return getattr(importlib.import_module(module), fn)
+    return load(SAMPLERS, backend, "sampler")
 
 
 def request_seed(seed: int, prompt_index: int) -> int:

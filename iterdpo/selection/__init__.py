@@ -1,6 +1,7 @@
 """Selectors: scored completions -> pairs worth annotating (or training on).
 
-Every selector is a plain function registered by name in :data:`SELECTORS`. Given the
+Every selector is a plain function (the config's ``select.selector`` names pick a pipeline
+whose select stage calls them: :data:`iterdpo.registry.SELECTORS`). Given the
 same inputs and seed it returns the same selection whatever the input row order: rows
 are put in a canonical order by their ids and ties are broken by a seeded hash of the
 ids (:mod:`iterdpo.selection.base`). Given a :class:`pyarrow.Table` a selector computes in
@@ -28,13 +29,5 @@ from iterdpo.selection.arm import select_arm
 from iterdpo.selection.margin import select_margin
 from iterdpo.selection.sera import select_bootstrap, select_offline, select_sera
 
-SELECTORS = {
-    "margin": select_margin,
-    "apl_certainty": select_certainty,
-    "apl_entropy": select_entropy,
-    "apl_hybrid": select_hybrid,
-    "sera": select_sera,
-    "sera_offline": select_offline,
-    "sera_bootstrap": select_bootstrap,
-    "arm": select_arm,
-}
+__all__ = ["select_arm", "select_bootstrap", "select_certainty", "select_entropy", "select_hybrid", "select_margin",
+           "select_offline", "select_sera"]

@@ -18,25 +18,24 @@ active_rm       the rounds of recipes/active_rm.py
 A pipeline is a plain dict of stage names to :class:`iterdpo.pipeline.engine.Stage`; a new
 one is a new module that copies a pipeline and swaps stages (see README, "Layout").
 :data:`PIPELINES` names the shipped ones; :func:`pipeline_for` picks one from the config's
-``select.selector`` (the table :data:`SELECTOR_PIPELINES`).
+``select.selector`` (the name table :data:`iterdpo.registry.SELECTORS`).
 """
 
 from __future__ import annotations
 
+from iterdpo.registry import SELECTORS, load
 from iterdpo.stages.active_rm import ACTIVE_RM
-from iterdpo.stages.apl import ACQUISITIONS, APL
+from iterdpo.stages.apl import APL
 from iterdpo.stages.arm import ARM
 from iterdpo.stages.default import DEFAULT
 from iterdpo.stages.sera import SERA
 
-__all__ = ["ACTIVE_RM", "APL", "ARM", "DEFAULT", "PIPELINES", "SELECTOR_PIPELINES", "SERA", "pipeline_for"]
+__all__ = ["ACTIVE_RM", "APL", "ARM", "DEFAULT", "PIPELINES", "SERA", "pipeline_for"]
 
 PIPELINES = {"iterative": DEFAULT, "apl": APL, "arm": ARM, "sera": SERA, "active_rm": ACTIVE_RM}
 
-# select.selector -> the pipeline whose select stage implements it
-SELECTOR_PIPELINES = {"margin": "iterative", **{a: "apl" for a in ACQUISITIONS}, "sera": "sera", "arm": "arm"}
 
 
 def pipeline_for(cfg) -> dict:
-    """The pipeline ``iterdpo run`` uses for a config: by its select.selector."""
-    return PIPELINES[SELECTOR_PIPELINES[cfg.select.selector]]
+    """The pipeline ``iterdpo run`` uses for a config: the one :data:`iterdpo.registry.SELECTORS` names for its select.selector."""
+    return load(SELECTORS, cfg.select.selector, "selector")

@@ -11,9 +11,8 @@ import json
 
 from iterdpo.config import Config, ConfigError
 from iterdpo.pipeline.engine import Call, Model, Ref, Stage, policy_input, reference_input
+from iterdpo.registry import JUDGES  # the annotators that can judge plain text
 from iterdpo.stages.sample import generate, prompts_value
-
-JUDGES = ("gold", "reward_model", "judge")  # annotators that can judge plain text
 
 
 def eval_judge_name(cfg: Config) -> str:
