@@ -34,3 +34,60 @@ def test_previous_reference_and_previous_iterate_scores(toy_cache, tmp_path):
         assert r["prev_policy_logp"] == r["ref_logp"]  # pi_1 is pi_2's reference: scored once
         assert not math.isnan(r["prev_ref_logp"]) and r["prev_ref_logp"] != r["prev_policy_logp"]
         assert r["prev_reward"] == pytest.approx(0.1 * (r["prev_policy_logp"] - r["prev_ref_logp"]))
+
+
+@pytest.mark.slow
+def test_explicit_reference_model_differs_from_pi0(toy_cache, tmp_path):
+    """model.reference: pi_ref is another model than pi_0, so iteration 1's margins are not all 0 and
+    training starts away from log 2; with the default (pi_0 is its own reference) select warns."""
+    import shutil
+    import subprocess
+    import sys
+
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    ref = tmp_path / "reference"
+    shutil.copytree(toy_cache / "sft", ref)
+    weights = load_file(ref / "model.safetensors")
+    gen = torch.Generator().manual_seed(0)
+    save_file({k: v + 0.05 * torch.randn(v.shape, generator=gen) if v.is_floating_point() else v for k, v in weights.items()},
+              ref / "model.safetensors", metadata={"format": "pt"})
+    small = [f"run.output_dir={tmp_path}", "data.prompts_per_iteration=8", "sample.n=3", "train.epochs=1", "evaluate.num_prompts=4"]
+
+    def stage(name, *over):
+        p = subprocess.run([sys.executable, "-m", "iterdpo", name, "-k", "1", *small, *over], capture_output=True, text=True, timeout=600)
+        assert p.returncode == 0, p.stdout + p.stderr
+        return p.stdout
+
+    out = stage("train", "run.name=explicit", f"model.reference={ref}")  # runs sample, score, select, annotate first
+    assert "every implicit reward margin is 0" not in out
+    scored = records.read_table(tmp_path / "explicit" / "iter_1" / "score" / "scored.parquet").to_pylist()
+    assert all(r["ref_logp"] != r["policy_logp"] for r in scored)
+    pairs = records.read_table(tmp_path / "explicit" / "iter_1" / "train" / "pairs.parquet").to_pylist()
+    by_id = {r["completion_id"]: r for r in scored}
+    assert all(p["ref_chosen_logps"] == by_id[p["chosen_id"]]["ref_logp"] for p in pairs)  # trained against pi_ref
+    assert all(p["policy_chosen_logps"] == by_id[p["chosen_id"]]["policy_logp"] for p in pairs)  # starting from pi_0
+    stats = json.loads((tmp_path / "explicit" / "iter_1" / "train" / "manifest.json").read_text())["stats"]
+    assert abs(stats["first_loss"] - math.log(2)) > 1e-3
+
+    out = stage("select", "run.name=default")
+    assert "every implicit reward margin is 0 because the policy is its own reference" in out
+
+
+def test_reference_settings_compose():
+    from iterdpo.config import ConfigError, load_config
+    from iterdpo.pipeline.context import Run
+
+    def columns(*over):
+        return Run(load_config(None, list(over))).training_columns()
+
+    assert columns() == ("ref_logp", "policy_logp")
+    assert columns("run.reference=previous") == ("policy_logp", "policy_logp")
+    assert columns("run.init=reset") == ("ref_logp", "ref_logp")  # pi_0 is the scored reference
+    assert columns("run.init=reset", "model.reference=/some/sft") == ("ref_logp", None)  # it is not: no start log-probs
+    assert columns("train.loss=simpo", "run.reference=none") == (None, "policy_logp")
+    with pytest.raises(ConfigError, match="model.reference"):
+        load_config(None, ["train.loss=simpo", "run.reference=none", "model.reference=/some/sft"])
+    run = Run(load_config(None, ["run.reference=previous", "model.reference=/some/sft", "model.name_or_path=/pi0"]))
+    assert (run.reference_of(0), run.reference_of(1), run.reference_of(2)) == ("/some/sft", "/pi0", str(run.policy(1)))

@@ -91,3 +91,27 @@ def test_report_and_wandb_read_every_seraidpo_artifact(sera_run):
     assert (sera_run / "iter_2" / "select" / "sera_pairs.parquet").exists()
     assert not (sera_run / "iter_2" / "select" / "candidates.parquet").exists()  # one schema per file name
     report_and_wandb_read_every_artifact(sera_run)
+
+
+def test_readme_pipeline_example_swaps_seras_select_stage(sera_run, tmp_path):
+    """The README's layout example: a SeRA variant in one module, run by the unchanged engine."""
+    import re
+    import shutil
+    from pathlib import Path
+
+    from iterdpo.pipeline.driver import open_run, run_stage
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    code = next(block for block in re.findall(r"```python\n(.*?)```", readme, re.S) if "SERA_OFFLINE_ONLY" in block)
+    module: dict = {}
+    exec(compile(code, "README.md", "exec"), module)
+    pipeline = module["SERA_OFFLINE_ONLY"]
+    root = tmp_path / "sera"
+    shutil.copytree(sera_run, root)
+    for later in ("select", "annotate", "train"):
+        shutil.rmtree(root / "iter_2" / later)
+    cfg = load_config(sera_run / "config.yaml", [f"run.output_dir={tmp_path}"])
+    m = run_stage(open_run(cfg, pipeline), "train", 2)  # select and annotate run first
+    picked = pq.read_table(root / "iter_2" / "select" / "sera_pairs.parquet")
+    assert set(picked.column("source").to_pylist()) == {"offline"} and m["stats"]["pairs"] == picked.num_rows
+    assert picked.num_rows == math.ceil(0.5 * pq.read_table(root / "offline" / "pairs.parquet").num_rows)
