@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 
@@ -37,7 +38,12 @@ def report_and_wandb_read_every_artifact(root: Path) -> None:
         tracker.log_iteration(run, k)
     tracker.finish(summary)
     files = sorted(root.glob(f"wandb/offline-run-*-{tracker.state['id']}/run-*.wandb"))
+    deadline = time.time() + 120  # W&B's service process may still be writing the log when finish() returns
     records = read_wandb_records(files[-1])
+    while not any(r.WhichOneof("record_type") == "exit" for r in records):
+        assert time.time() < deadline, f"{files[-1]}: no exit record"
+        time.sleep(0.2)
+        records = read_wandb_records(files[-1])
     keys = history(records)
     assert keys.get("completions/_type") == "table-file" and keys["select/selected_margins/_type"] == "histogram"
     table = json.loads(next(files[-1].parent.glob("files/media/table/completions_*.table.json")).read_text())

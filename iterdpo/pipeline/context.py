@@ -53,6 +53,7 @@ class Run:
         self.lock = None  # the RunLock of start_run, held until finish_run
         self.pipeline: dict = {}  # stage name -> Stage (iterdpo.pipeline.engine), set by open_run
         self.verified: dict[Path, dict] = {}  # stage folder -> manifest, checked against its key in this process
+        self._fingerprints: dict[str, str] = {}
         self._toy: Path | None = None
         self._world: Path | None = None
 
@@ -155,7 +156,9 @@ class Run:
         manifest = Path(path).parent / "manifest.json"
         if manifest.exists():
             return json.loads(manifest.read_text())["key"]
-        return fingerprint_files(path) if Path(path).is_dir() else path
+        if path not in self._fingerprints:  # a model outside the run does not change while it runs: hash it once
+            self._fingerprints[path] = fingerprint_files(path) if Path(path).is_dir() else path
+        return self._fingerprints[path]
 
     def stage_key(self, k: int | None, stage: str) -> str:
         m = self.rd.manifest(self.rd.stage(k, stage))

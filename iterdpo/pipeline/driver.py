@@ -30,11 +30,13 @@ def check_keys(run: Run) -> None:
 
     Run-level stages (k None) and those of iterations 1..run.iterations are checked.
     """
+    seen = set()
     for k in (None, *range(1, run.cfg.run.iterations + 1)):
         for name in run.pipeline:
             path = stage_dir(run, run.pipeline, name, k)
-            if run.rd.manifest(path) is None:
+            if path in seen or run.rd.manifest(path) is None:  # a run-level stage's folder ignores k: checked at k None
                 continue
+            seen.add(path)
             key = existing_key(run, run.pipeline, name, k)
             if key is not None:
                 run.rd.done(path, key)

@@ -217,12 +217,12 @@ def ensure(run: Run, pipeline: Pipeline, name: str, k: int | None) -> dict:
     walks the same graph: an ``all_ranks`` stage runs on all of them, any other on rank 0
     while the others wait for its manifest.
     """
+    if name not in pipeline:
+        raise KeyError(f"stage {name!r} is not part of this pipeline (stages: {sorted(pipeline)})")
     path = stage_dir(run, pipeline, name, k)
     done = run.verified.get(path)
     if done is not None:
         return done
-    if name not in pipeline:
-        raise KeyError(f"stage {name!r} is not part of this pipeline (stages: {sorted(pipeline)})")
     stage = pipeline[name]
     inputs = stage.reads(run, k)
     keys = {inp: _produced(run, pipeline, inp)["key"] for inp in inputs.values() if isinstance(inp, Ref)}
