@@ -108,12 +108,23 @@ def test_offline_files_hold_iteration_metrics(tracked):
     assert {"wb-data", "wb-model"} <= set(arts), arts.keys()
     assert json.loads(arts["wb-model"].metadata)["iteration"] == 1
     assert {"iter1", "latest"} <= set(arts["wb-data"].aliases)
+    # every table artifact of score, select, annotate and train (the pairs with training's log-probs)
+    assert {e.path for e in arts["wb-data"].manifest.contents} == {
+        "score/scored.parquet", "select/candidates.parquet", "annotate/pairs.parquet", "train/pairs.parquet"}
     table = next(files[0].parent.glob("files/media/table/completions_*.table.json"))
     t = json.loads(table.read_text())
     assert {"prompt", "completion", "reward", "selected", "label"} <= set(t["columns"])
     assert len(t["data"]) == 16 * 3
     labels = [row[t["columns"].index("label")] for row in t["data"]]
     assert labels.count("chosen") == labels.count("rejected") >= 1
+
+
+@pytest.mark.slow
+def test_report_reads_every_artifact_of_the_default_pipeline(tracked):
+    from iterdpo.report import write_report
+
+    page = write_report(tracked.run_dir()).read_text()
+    assert all(f'src="{png}"' in page for png in ("progress.png", "margins.png", "reward_length.png", "jaccard.png"))
 
 
 @pytest.mark.slow

@@ -193,27 +193,23 @@ def test_cli_and_loop_flow(tmp_path):
 
 @pytest.mark.slow
 def test_human_pipeline_end_to_end_then_report_and_wandb(toy_cache, tmp_path):
-    """`iterdpo run` with annotator 'human' stops for labels (exit 2), resumes once they are imported,
-    and the finished run's artifacts are all read by the report and by W&B."""
-    import subprocess
-    import sys
-
+    """A run with annotator 'human' stops for labels, resumes once they are imported, and the
+    finished run's artifacts are all read by the report and by W&B."""
+    from iterdpo.annotation.human import import_labels
+    from iterdpo.config import load_config
+    from iterdpo.pipeline import artifacts
+    from iterdpo.pipeline.driver import run_all
+    from iterdpo.stages import DEFAULT
     from tests.reading import report_and_wandb_read_every_artifact
 
-    over = [f"run.output_dir={tmp_path}", "run.name=people", "run.iterations=1", "annotate.annotator=human", "data.prompts_per_iteration=8",
-            "sample.n=2", "evaluate.num_prompts=8", "train.epochs=1"]
-
-    def cli(*args):
-        return subprocess.run([sys.executable, "-m", "iterdpo", *args, *over], capture_output=True, text=True, timeout=600)
-
-    r = cli("run")
-    assert r.returncode == 2 and "iteration 1 waits for human labels" in r.stderr, r.stdout + r.stderr
-    request = tmp_path / "people" / "iter_1" / "human_request.jsonl"
+    cfg = load_config(None, [f"run.output_dir={tmp_path}", "run.name=people", "run.iterations=1", "annotate.annotator=human",
+                             "data.prompts_per_iteration=8", "sample.n=2", "evaluate.num_prompts=8", "train.epochs=1"])
+    with pytest.raises(RecordError, match="iteration 1 waits for human labels"):
+        run_all(cfg, DEFAULT)
+    root = tmp_path / "people"
+    request = root / "iter_1" / "human_request.jsonl"
     rows = [json.loads(line) for line in request.read_text().splitlines()]
     request.write_text("".join(json.dumps({**row, "label": "A"}) + "\n" for row in rows))
-    r = cli("annotate-import", "-k", "1", "--labels", str(request))
-    assert r.returncode == 0, r.stderr
-    r = cli("run")
-    assert r.returncode == 0, r.stdout + r.stderr
-    assert "iter 1 sample: done already" in r.stdout
-    report_and_wandb_read_every_artifact(tmp_path / "people")
+    import_labels(request, artifacts.read(root / "iter_1" / "select", "candidates"), root, 1)
+    assert run_all(cfg, DEFAULT)["iterations"][0]["pairs_trained"] == len(rows)
+    report_and_wandb_read_every_artifact(root)
