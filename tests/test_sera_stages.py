@@ -108,10 +108,10 @@ def test_readme_pipeline_example_swaps_seras_select_stage(sera_run, tmp_path):
     pipeline = module["SERA_OFFLINE_ONLY"]
     root = tmp_path / "sera"
     shutil.copytree(sera_run, root)
-    for later in ("select", "annotate", "train"):
+    for later in ("select", "annotate"):
         shutil.rmtree(root / "iter_2" / later)
     cfg = load_config(sera_run / "config.yaml", [f"run.output_dir={tmp_path}"])
-    m = run_stage(open_run(cfg, pipeline), "train", 2)  # select and annotate run first
+    m = run_stage(open_run(cfg, pipeline), "annotate", 2)  # its select runs first; SeRA's annotate reads it
     picked = pq.read_table(root / "iter_2" / "select" / "sera_pairs.parquet")
     assert set(picked.column("source").to_pylist()) == {"offline"} and m["stats"]["pairs"] == picked.num_rows
     assert picked.num_rows == math.ceil(0.5 * pq.read_table(root / "offline" / "pairs.parquet").num_rows)
