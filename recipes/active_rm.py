@@ -61,12 +61,14 @@ def main(argv: list[str] | None = None) -> dict:
 
     # --- responses and embeddings (shared by every strategy of this run) -------------
     start = time.time()
-    run_stage(run, "sample", 1)  # the SFT policy answers the pool prompts N times
-    run_stage(run, "arm_embed", None)  # + the held-out answers; gold rewards and embeddings of both
+    try:
+        run_stage(run, "sample", 1)  # the SFT policy answers the pool prompts N times
+        run_stage(run, "arm_embed", None)  # + the held-out answers; gold rewards and embeddings of both
 
-    # --- the annotation rounds -----------------------------------------------------------
-    curve = [run_stage(run, "arm_round", r)["stats"] for r in range(1, a.rounds + 1)]
-    close_run(run)
+        # --- the annotation rounds -------------------------------------------------------
+        curve = [run_stage(run, "arm_round", r)["stats"] for r in range(1, a.rounds + 1)]
+    finally:
+        close_run(run)  # the run lock
 
     # --- results: the curve, next to what a perfect and a random ranker would score -------
     test = artifacts.read(run.rd.stage(None, "arm/embed"), "arm_test")
