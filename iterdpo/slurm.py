@@ -113,6 +113,12 @@ def render(args: argparse.Namespace, config_path: Path, log_dir: Path, job_name:
         ]
         if args.accelerate_config:
             acc.append(f"--config_file {_q(Path(args.accelerate_config).resolve())}")
+            if args.nodes > 1:
+                # srun already starts one launcher per node. accelerate's default for DeepSpeed on
+                # several machines is the `deepspeed` launcher over pdsh/ssh with a hostfile; with
+                # none it starts each node as a separate 1-node world, and both race on the run
+                # directory (seen on the 2-node test cluster). `standard` = torchrun on each node.
+                acc.append("--deepspeed_multinode_launcher standard")
         elif args.nodes * per_node > 1:
             acc.append("--multi_gpu")
         # each node's task says where it runs (machine rank = Slurm node id) before it starts

@@ -21,6 +21,7 @@ import shutil
 import subprocess
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -149,3 +150,85 @@ def test_requeued_two_node_job_finishes_equal(runs):
     assert resumed and 0 < int(resumed[1]) < int(resumed[2]), log[-3000:]
     assert "iter 1 score: done already, skipped" in log
     assert_training_equal(runs / "one", root)
+
+
+@pytest.mark.deepspeed
+def test_two_node_deepspeed_zero2_job_equals_one_process(runs, tmp_path):
+    """The same 2-node job under DeepSpeed ZeRO-2 (the shipped config, on CPU): optimizer state
+    and gradients sharded across the two hosts, the same training result as one process."""
+    pytest.importorskip("deepspeed")
+    import yaml
+
+    cfg = yaml.safe_load((ROOT / "launch" / "accelerate" / "zero2.yaml").read_text())
+    cfg["use_cpu"] = True  # DeepSpeed on CPU (DS_ACCELERATOR=cpu); no mixed_precision key
+    (tmp_path / "zero2_cpu.yaml").write_text(yaml.safe_dump(cfg))
+    start_from_samples(runs, "zero2")
+    job, res = submit(runs, "zero2", "--accelerate-config", str(tmp_path / "zero2_cpu.yaml"))
+    log = job_log(runs / "zero2", job)
+    assert f"job {job}: COMPLETED" in res.stdout, log[-3000:]
+    assert "[slurm] node 0 of 2: ci-node1" in log and "[slurm] node 1 of 2: ci-node2" in log
+    assert "iter 1 train: running on 2 processes" in log
+    assert_scoring_equal(runs / "one", runs / "zero2")
+    assert_training_equal(runs / "one", runs / "zero2")
+
+
+SERVER_ARGS = "--enforce-eager --dtype float32 --seed 0 --disable-uvicorn-access-log --disable-log-stats"
+POOL_SAMPLE = ["run.iterations=1", "data.prompts_per_iteration=128", "sample.n=4", "sample.backend=server",
+               "sample.batch_size=8", "sample.concurrency=2", "sample.server_start_timeout=600"]
+
+
+def sbatch(*args: str, env_extra: dict | None = None) -> str:
+    res = subprocess.run(["sbatch", "--parsable", *args], cwd=ROOT, env={**env(), **(env_extra or {})},
+                         capture_output=True, text=True, check=True)
+    return res.stdout.strip().split(";")[0]
+
+
+@pytest.mark.vllm
+def test_server_pool_on_node2_serves_a_run_on_node1(toy_cache, tmp_path):
+    """Two pool jobs of ``launch/slurm/vllm_servers.sbatch`` on ci-node2 (one vLLM server each,
+    ports 8000/8001); a sampling job on ci-node1 uses the URLs they wrote through
+    ``sample.servers`` over the namespace address. Pool job A is cancelled once the first shard
+    is on disk: its requests go to B, and every prompt still has exactly n completions, the
+    ones an undisturbed run against B alone samples (per-request seeds)."""
+    pytest.importorskip("vllm")
+    pool_env = {"MODEL": str(toy_cache / "sft"), "PYTHON": sys.executable, "MAX_MODEL_LEN": "256",
+                "VLLM_ARGS": SERVER_ARGS, "VLLM_CPU_KVCACHE_SPACE": "1"}
+    pools = {}
+    for name, port in (("a", 8000), ("b", 8001)):
+        pools[name] = sbatch("--partition=two", "--nodelist=ci-node2", f"--output={tmp_path}/pool-{name}-%j.out",
+                             str(ROOT / "launch" / "slurm" / "vllm_servers.sbatch"),
+                             env_extra={**pool_env, "ENDPOINTS": str(tmp_path / f"servers-{name}.txt"), "PORT": str(port)})
+    try:
+        deadline = time.time() + 120
+        while not all((tmp_path / f"servers-{n}.txt").exists() for n in pools):
+            assert time.time() < deadline, "the pool jobs never wrote their endpoints"
+            time.sleep(0.5)
+        urls = [(tmp_path / f"servers-{n}.txt").read_text().split() for n in pools]
+        assert urls == [["http://ci-node2:8000"], ["http://ci-node2:8001"]]
+        servers = f"sample.servers=[{urls[0][0]},{urls[1][0]}]"
+        cmd = f"exec {sys.executable} -m iterdpo sample -k 1 run.output_dir={tmp_path} run.name=pool {' '.join(POOL_SAMPLE)} {servers}"
+        job = sbatch("--partition=two", "--nodelist=ci-node1", f"--output={tmp_path}/sample-%j.out", f"--wrap={cmd}")
+        shards = tmp_path / "pool" / "iter_1"
+        deadline = time.time() + 600
+        while not list(shards.glob(".sample*/**/shard-*[0-9].parquet")):
+            assert time.time() < deadline, "no shard in 600 s"
+            assert slurm.job_state(job) in ("PENDING", "RUNNING", "CONFIGURING"), (tmp_path / f"sample-{job}.out").read_text()[-3000:]
+            time.sleep(0.05)
+        subprocess.run(["scancel", pools["a"]], check=True)  # the job's servers get SIGTERM, then SIGKILL
+        at_kill = len(list(shards.glob(".sample*/**/shard-*[0-9].parquet")))
+        log = lambda: (tmp_path / f"sample-{job}.out").read_text()  # noqa: E731
+        assert slurm.wait(job, poll=0.5) == "COMPLETED", log()[-3000:]
+        assert 1 <= at_kill < 16, at_kill  # 128 prompts, 8 a shard: killed mid-stage
+        assert slurm.job_state(pools["a"]) == "CANCELLED" and slurm.job_state(pools["b"]) == "RUNNING"
+        table = records.read_table(tmp_path / "pool" / "iter_1" / "sample" / "completions.parquet")
+        ids = table.column("completion_id").to_pylist()
+        assert len(ids) == len(set(ids)) == 128 * 4
+        assert set(Counter(table.column("prompt_id").to_pylist()).values()) == {4}
+        # the same stage, undisturbed, against B alone, from this (root) namespace by address
+        iterdpo("sample", "-k", "1", f"run.output_dir={tmp_path}", "run.name=undisturbed", *POOL_SAMPLE,
+                "sample.servers=[http://10.77.0.12:8001]")
+        base = records.read_table(tmp_path / "undisturbed" / "iter_1" / "sample" / "completions.parquet").to_pylist()
+        same = sum(a == b for a, b in zip(table.to_pylist(), base, strict=True))
+        assert same >= 0.95 * len(base), f"{same}/{len(base)} rows equal to the undisturbed run"
+    finally:
+        subprocess.run(["scancel", *pools.values()], check=False)
