@@ -58,7 +58,7 @@ stop() {
         fi
         rm -rf "/etc/netns/$ns"
     done
-    ip link show "$BRIDGE" >/dev/null 2>&1 && ip link del "$BRIDGE"
+    if ip link show "$BRIDGE" >/dev/null 2>&1; then ip link del "$BRIDGE"; fi
     rm -f "$DIR"/*.pid
 }
 
@@ -79,10 +79,11 @@ if sinfo -h >/dev/null 2>&1; then
     stop
 fi
 
-if ! command -v sbatch >/dev/null || ! command -v munged >/dev/null; then
+if ! command -v sbatch >/dev/null || ! command -v munged >/dev/null \
+        || { [[ $MODE == two-nodes ]] && ! command -v ip >/dev/null; }; then
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq
-    apt-get install -y -qq slurm-wlm munge >/dev/null
+    apt-get install -y -qq slurm-wlm munge iproute2 >/dev/null
 fi
 
 mkdir -p "$DIR"/{state,log} "$DIR/spool-$HOST"

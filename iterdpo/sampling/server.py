@@ -337,6 +337,10 @@ class ServerPool:
                 threading.Thread(target=self._restart, args=(s,), daemon=True).start()
             else:
                 s.state = "failed"
+                # an operator reading the log of a run on external servers (e.g. a Slurm pool
+                # job that was cancelled) sees where its requests went
+                alive = sum(x.state in ("up", "restarting") for x in self.servers)
+                print(f"[iterdpo] server {s.url} is gone; its requests go to the {alive} other(s)", file=sys.stderr, flush=True)
             self.cond.notify_all()
 
     def wait_all_up(self, timeout: float | None = None) -> bool:
