@@ -41,7 +41,8 @@ def two_nodes_idle() -> bool:
         return False
     res = subprocess.run(["sinfo", "-h", "-p", "two", "-o", "%n %T"], capture_output=True, text=True)
     states = dict(line.split() for line in res.stdout.splitlines() if line.strip())
-    return res.returncode == 0 and sorted(states) == sorted(NODES)
+    usable = ("idle", "mixed", "allocated", "completing")  # not down, drained or failing
+    return res.returncode == 0 and sorted(states) == sorted(NODES) and all(st.rstrip("*~#") in usable for st in states.values())
 
 
 needs_two_nodes = pytest.mark.skipif(not two_nodes_idle(), reason="needs the two-node cluster (.ci/slurm.sh two-nodes)")
