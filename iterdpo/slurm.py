@@ -11,7 +11,12 @@ job to ``<run dir>/slurm/*.sbatch`` (kept, so a job can be resubmitted by hand).
 Multi-node training: every job runs ``srun`` with one task per node; each task starts
 ``accelerate launch`` with ``--machine_rank $SLURM_NODEID`` and the job's first node
 (``scontrol show hostnames $SLURM_JOB_NODELIST | head -n1``) as rendezvous
-(``MASTER_ADDR``), ``--processes-per-node`` processes per node (default: the GPUs per node).
+(``MASTER_ADDR``; with ``--network-interface IFACE`` that interface's address on the first
+node, and ``GLOO_SOCKET_IFNAME``/``NCCL_SOCKET_IFNAME``), a port derived from the job id and
+free on the first node (:func:`rendezvous_port`), ``--processes-per-node`` processes per node
+(default: the GPUs per node). A DeepSpeed config on several nodes runs accelerate's
+``standard`` multi-node launcher (torchrun per node; srun already starts one per node).
+``launch/slurm/README.md`` says what each task sees and what the 2-node test cluster taught.
 
 Requeue-safe: scripts carry ``#SBATCH --requeue`` and ``--open-mode=append``; a requeued
 job (``scontrol requeue``, preemption, node failure) reruns its script, and ``iterdpo run``
