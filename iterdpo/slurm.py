@@ -11,7 +11,12 @@ job to ``<run dir>/slurm/*.sbatch`` (kept, so a job can be resubmitted by hand).
 Multi-node training: every job runs ``srun`` with one task per node; each task starts
 ``accelerate launch`` with ``--machine_rank $SLURM_NODEID`` and the job's first node
 (``scontrol show hostnames $SLURM_JOB_NODELIST | head -n1``) as rendezvous
-(``MASTER_ADDR``), ``--processes-per-node`` processes per node (default: the GPUs per node).
+(``MASTER_ADDR``; with ``--network-interface IFACE`` that interface's address on the first
+node, and ``GLOO_SOCKET_IFNAME``/``NCCL_SOCKET_IFNAME``), a port derived from the job id and
+free on the first node (:func:`rendezvous_port`), ``--processes-per-node`` processes per node
+(default: the GPUs per node). A DeepSpeed config on several nodes runs accelerate's
+``standard`` multi-node launcher (torchrun per node; srun already starts one per node).
+``launch/slurm/README.md`` says what each task sees and what the 2-node test cluster taught.
 
 Requeue-safe: scripts carry ``#SBATCH --requeue`` and ``--open-mode=append``; a requeued
 job (``scontrol requeue``, preemption, node failure) reruns its script, and ``iterdpo run``
@@ -58,6 +63,10 @@ def add_parser(sub) -> None:
                    help="how each node starts iterdpo: 'python' (one process, one node) or 'accelerate launch'; "
                    "auto = accelerate when nodes > 1 or processes per node > 1")
     p.add_argument("--accelerate-config", help="accelerate config file (e.g. a DeepSpeed ZeRO config)")
+    p.add_argument("--network-interface", metavar="IFACE",
+                   help="network interface the processes talk over (e.g. ib0, eth0): the rendezvous address is "
+                   "its IPv4 address on the first node, and GLOO_SOCKET_IFNAME/NCCL_SOCKET_IFNAME are set to it "
+                   "(default: the first node's hostname, and each library picks its interface)")
     p.add_argument("--setup", action="append", default=[], metavar="CMD", help="shell line run first in each job, e.g. 'source .venv/bin/activate' (repeatable)")
     p.add_argument("--python", default=sys.executable, help="python of the jobs (default: this one)")
     p.add_argument("--after", help="job id the first job waits to complete (afterok), or a dependency such as "
@@ -109,10 +118,32 @@ def render(args: argparse.Namespace, config_path: Path, log_dir: Path, job_name:
         ]
         if args.accelerate_config:
             acc.append(f"--config_file {_q(Path(args.accelerate_config).resolve())}")
+            if args.nodes > 1:
+                # srun already starts one launcher per node. accelerate's default for DeepSpeed on
+                # several machines is the `deepspeed` launcher over pdsh/ssh with a hostfile; with
+                # none it starts each node as a separate 1-node world, and both race on the run
+                # directory (seen on the 2-node test cluster). `standard` = torchrun on each node.
+                acc.append("--deepspeed_multinode_launcher standard")
         elif args.nodes * per_node > 1:
             acc.append("--multi_gpu")
-        cmd = f'srun --kill-on-bad-exit=1 --nodes="$SLURM_NNODES" --ntasks-per-node=1 bash -c "exec {" ".join(acc)} {iterdpo}"'
+        # each node's task says where it runs (machine rank = Slurm node id) before it starts
+        # its PROCESSES_PER_NODE processes, so the log shows every host of the job
+        where = "echo [slurm] node \\$SLURM_NODEID of \\$SLURM_NNODES: \\$(hostname);"
+        cmd = f'srun --kill-on-bad-exit=1 --nodes="$SLURM_NNODES" --ntasks-per-node=1 bash -c "{where} exec {" ".join(acc)} {iterdpo}"'
     lines = ["#!/bin/bash", *(f"#SBATCH {a}" for a in sb)]
+    python = _q(args.python)
+    if args.network_interface:
+        iface = _q(args.network_interface)
+        rendezvous = [
+            f"# rendezvous: {args.network_interface}'s address on the job's first node (this script runs there)",
+            f"export MASTER_ADDR=$({python} -m iterdpo.slurm address {iface})",
+            f"export GLOO_SOCKET_IFNAME={iface} NCCL_SOCKET_IFNAME={iface}",
+        ]
+    else:
+        rendezvous = [
+            "# rendezvous: the job's first node",
+            'export MASTER_ADDR=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)',
+        ]
     lines += [
         "#",
         "# Written by `iterdpo slurm submit`; resubmit by hand with `sbatch <this file>`.",
@@ -121,10 +152,11 @@ def render(args: argparse.Namespace, config_path: Path, log_dir: Path, job_name:
         "set -euo pipefail",
         *args.setup,
         'echo "[slurm] job $SLURM_JOB_ID (restart ${SLURM_RESTART_COUNT:-0}) on $SLURM_JOB_NODELIST"',
-        "# rendezvous: the job's first node",
-        'export MASTER_ADDR=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)',
-        "export MASTER_PORT=${MASTER_PORT:-$((20000 + SLURM_JOB_ID % 20000))}",
+        *rendezvous,
+        "# a free port on the first node, derived from the job id (the same after a requeue)",
+        f"export MASTER_PORT=${{MASTER_PORT:-$({python} -m iterdpo.slurm port)}}",
         f"export PROCESSES_PER_NODE={per_node}",
+        'echo "[slurm] rendezvous $MASTER_ADDR:$MASTER_PORT"',
         cmd,
         "",
     ]
@@ -210,6 +242,41 @@ def submit(args: argparse.Namespace) -> list[str]:
     return ids
 
 
+def rendezvous_port(job_id: int, first: int = 20000, span: int = 10000, tries: int = 100) -> int:
+    """A port for the job's rendezvous, free on this host (the job's first node).
+
+    Starts at ``first + job_id % span`` so a requeued job (same id) gets the same port and
+    two jobs sharing a node get different ones, below Linux's ephemeral range (32768+) so
+    outgoing connections do not hold it; moves up while a port is taken.
+    """
+    import socket
+
+    start = first + job_id % span
+    for port in range(start, start + tries):
+        with socket.socket() as s:
+            try:
+                s.bind(("", port))
+            except OSError:
+                continue
+            return port
+    raise SlurmError(f"no free port in {start}..{start + tries - 1} on {socket.gethostname()}")
+
+
+def interface_address(name: str) -> str:
+    """The IPv4 address of network interface ``name`` on this host (Linux)."""
+    import fcntl
+    import socket
+    import struct
+
+    siocgifaddr = 0x8915
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        try:
+            packed = fcntl.ioctl(s.fileno(), siocgifaddr, struct.pack("256s", name.encode()[:15]))
+        except OSError as e:
+            raise SlurmError(f"network interface {name!r} has no IPv4 address on {socket.gethostname()}: {e}") from None
+    return socket.inet_ntoa(packed[20:24])
+
+
 def main(args: argparse.Namespace) -> int:
     ids = submit(args)
     if args.wait and ids:
@@ -217,3 +284,20 @@ def main(args: argparse.Namespace) -> int:
         print(f"[iterdpo] job {ids[-1]}: {state}", flush=True)
         return 0 if state == "COMPLETED" else 1
     return 0
+
+
+if __name__ == "__main__":
+    # helpers of the rendered sbatch scripts (run on the job's first node):
+    #   python -m iterdpo.slurm port           -> a free rendezvous port for $SLURM_JOB_ID
+    #   python -m iterdpo.slurm address IFACE  -> IFACE's IPv4 address
+    import os
+
+    try:
+        if sys.argv[1:2] == ["port"]:
+            print(rendezvous_port(int(os.environ.get("SLURM_JOB_ID", "0"))))
+        elif sys.argv[1:2] == ["address"] and len(sys.argv) == 3:
+            print(interface_address(sys.argv[2]))
+        else:
+            sys.exit("usage: python -m iterdpo.slurm port | address IFACE")
+    except SlurmError as e:
+        sys.exit(f"iterdpo.slurm: {e}")

@@ -56,6 +56,39 @@ def test_multinode_script_uses_first_node_as_rendezvous(tmp_path):
     assert load_config(d / "config.yaml", ["run.iterations=2", "data.prompts_per_iteration=[30,20]"]).prompts_for(2) == 20
 
 
+def test_multinode_script_with_interface_and_deepspeed_config(tmp_path):
+    """--network-interface: the rendezvous is the interface's address on the first node and gloo/NCCL
+    use it; a DeepSpeed config on several nodes runs torchrun per node (srun starts one per node)."""
+    (tmp_path / "ds.yaml").write_text("distributed_type: DEEPSPEED\n")
+    iterdpo("slurm", "submit", "/dev/null", f"run.output_dir={tmp_path}", "run.name=ib", "--nodes", "2",
+            "--gpus-per-node", "4", "--network-interface", "ib0", "--accelerate-config", str(tmp_path / "ds.yaml"), "--dry-run")
+    text = (tmp_path / "ib" / "slurm" / "run.sbatch").read_text()
+    for line in [
+        f"export MASTER_ADDR=$({sys.executable} -m iterdpo.slurm address ib0)",
+        "export GLOO_SOCKET_IFNAME=ib0 NCCL_SOCKET_IFNAME=ib0",
+        f"export MASTER_PORT=${{MASTER_PORT:-$({sys.executable} -m iterdpo.slurm port)}}",
+        "--deepspeed_multinode_launcher standard", f"--config_file {tmp_path / 'ds.yaml'}",
+        "echo [slurm] node \\$SLURM_NODEID of \\$SLURM_NNODES: \\$(hostname);",
+    ]:
+        assert line in text, line
+    assert "--multi_gpu" not in text and "scontrol show hostnames" not in text
+    subprocess.run(["bash", "-n", str(tmp_path / "ib" / "slurm" / "run.sbatch")], check=True)
+
+
+def test_rendezvous_port_is_derived_from_the_job_and_free():
+    import socket
+
+    first = slurm.rendezvous_port(14567)  # 20000 + 14567 % 10000, or the next free one
+    assert 24567 <= first < 24667
+    with socket.socket() as taken:
+        taken.bind(("", first))
+        taken.listen()
+        assert first < slurm.rendezvous_port(14567) < 24667
+    assert slurm.interface_address("lo") == "127.0.0.1"
+    with pytest.raises(slurm.SlurmError, match="'nope0' has no IPv4 address"):
+        slurm.interface_address("nope0")
+
+
 def test_bad_submit_options_are_clear(tmp_path):
     res = iterdpo("slurm", "submit", "/dev/null", f"run.output_dir={tmp_path}", "--nodes", "2", "--launcher", "python", "--dry-run", check=False)
     assert res.returncode == 1 and "--launcher python runs one process on one node" in res.stderr

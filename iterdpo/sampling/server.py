@@ -13,8 +13,9 @@ The pool either launches its servers (one per group of ``tensor_parallel_size`` 
   (``POST /v1/completions`` with the prompts as token ids, ``n`` samples,
   ``return_token_ids``; see :func:`iterdpo.sampling.prompt_seed`), at most ``concurrency`` in flight per server, sent
   to the least-loaded live server from one asyncio event loop (aiohttp, keep-alive).
-- Failures: a failed request is checked against its server. A dead server (process gone or
-  ``/health`` failing) is taken out of rotation, restarted in the background (launched
+- Failures: a failed request is checked against its server. A dead server (process gone,
+  ``/health`` failing, or samples answered with ``finish_reason: "abort"``, which is how a
+  server shutting down on SIGTERM ends its requests) is taken out of rotation, restarted in the background (launched
   servers, up to ``max_restarts`` times) and its unfinished requests are re-sent to the
   live servers; they are not counted as retries. Other failures are retried
   ``max_retries`` times. Results are keyed by prompt index, so a re-sent request can
@@ -69,6 +70,20 @@ from iterdpo.sampling.vllm_engine import adapter_base, gpu_groups, lora_rank, on
 
 class ServerError(RuntimeError):
     """A server could not be started, died for good, or a request failed for good."""
+
+
+ABORTED = "the server aborted the request (finish_reason 'abort')"
+
+
+def aborted(resp: dict) -> bool:
+    """A 200 answer whose samples were cut off by the server, not finished.
+
+    vLLM's server answers the requests in flight with ``finish_reason: "abort"`` when it
+    shuts down gracefully (SIGTERM: ``scancel`` of its Slurm job, a time limit, preemption;
+    seen on the 2-node test cluster): the server is going away, so the request counts as
+    sent to a dead server and goes to the others.
+    """
+    return any(c.get("finish_reason") == "abort" for c in resp.get("choices", ()))
 
 
 def _free_port() -> int:
@@ -337,6 +352,10 @@ class ServerPool:
                 threading.Thread(target=self._restart, args=(s,), daemon=True).start()
             else:
                 s.state = "failed"
+                # an operator reading the log of a run on external servers (e.g. a Slurm pool
+                # job that was cancelled) sees where its requests went
+                alive = sum(x.state in ("up", "restarting") for x in self.servers)
+                print(f"[iterdpo] server {s.url} is gone; its requests go to the {alive} other(s)", file=sys.stderr, flush=True)
             self.cond.notify_all()
 
     def wait_all_up(self, timeout: float | None = None) -> bool:
@@ -408,13 +427,17 @@ class ServerPool:
             try:
                 r = self.client.post(f"{s.url}/v1/completions", json={**body, "model": self.served})
                 if r.status_code == 200:
-                    return r.json()
-                error = f"HTTP {r.status_code}: {r.text[:500]}"
+                    resp = r.json()
+                    if not aborted(resp):
+                        return resp
+                    error = ABORTED
+                else:
+                    error = f"HTTP {r.status_code}: {r.text[:500]}"
             except Exception as e:  # noqa: BLE001 - transport errors, timeouts
                 error = repr(e)
             finally:
                 self._release(s)
-            gone = (s.proc is not None and s.proc.poll() is not None) or not self._healthy(s)
+            gone = error == ABORTED or (s.proc is not None and s.proc.poll() is not None) or not self._healthy(s)
             attempts, wait = self._after_failure(s, gone, attempts, error)
             time.sleep(wait)
 
@@ -512,13 +535,17 @@ class ServerPool:
             try:
                 async with session.post(f"{s.url}/v1/completions", json={**body, "model": self.served}) as r:
                     if r.status == 200:
-                        return await r.json(content_type=None)
-                    error = f"HTTP {r.status}: {(await r.text())[:500]}"
+                        resp = await r.json(content_type=None)
+                        if not aborted(resp):
+                            return resp
+                        error = ABORTED
+                    else:
+                        error = f"HTTP {r.status}: {(await r.text())[:500]}"
             except Exception as e:  # noqa: BLE001 - transport errors, timeouts
                 error = repr(e)
             finally:
                 self._release(s)
-            gone = (s.proc is not None and s.proc.poll() is not None) or not await self._ahealthy(session, s)
+            gone = error == ABORTED or (s.proc is not None and s.proc.poll() is not None) or not await self._ahealthy(session, s)
             attempts, wait = self._after_failure(s, gone, attempts, error)
             await asyncio.sleep(wait)
 

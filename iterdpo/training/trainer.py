@@ -120,7 +120,7 @@ def train(
     """
     import torch
     from accelerate import Accelerator
-    from accelerate.utils import set_seed
+    from accelerate.utils import DataLoaderConfiguration, set_seed
     from tqdm.auto import tqdm
     from transformers import AutoModelForCausalLM, AutoTokenizer, get_linear_schedule_with_warmup
 
@@ -131,7 +131,13 @@ def train(
     dest = Path(dest)
     distributed.init()  # the right multi-process state on CPU (see iterdpo.distributed)
     # no cpu= flag: the launcher (use_cpu in the accelerate config) or the hardware decides
-    accelerator = Accelerator(gradient_accumulation_steps=cfg.grad_accum)
+    # split_batches: the batch schedule below is already global (batch_size * W pairs a
+    # micro-step) and total_updates counts global steps. Without it accelerate's prepared
+    # scheduler steps W times per optimiser step (it assumes per-process dataloaders), so on W
+    # processes the learning rate decayed W times too fast (found by the 2-node Slurm test,
+    # tests/test_slurm_two_nodes.py). No dataloader is prepared, so nothing else changes.
+    accelerator = Accelerator(gradient_accumulation_steps=cfg.grad_accum,
+                              dataloader_config=DataLoaderConfiguration(split_batches=True))
     W, R = accelerator.num_processes, accelerator.process_index
     set_seed(seed)
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_path or start_path)
