@@ -25,6 +25,8 @@ def _parser() -> argparse.ArgumentParser:
         prog="iterdpo",
         description="Iterative preference optimisation: sample -> score -> select -> annotate -> train, repeated.",
     )
+    p.add_argument("--debug", action="store_true", help="show tracebacks of anticipated errors too (or ITERDPO_DEBUG=1); "
+                   "accepted anywhere on the command line")
     sub = p.add_subparsers(dest="command", required=True)
 
     def common(sp: argparse.ArgumentParser) -> None:
@@ -54,45 +56,49 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The command line; an anticipated error prints one line and returns 2 (:func:`iterdpo.errors.run_main`)."""
+    from iterdpo.errors import run_main
+
+    return run_main(_main, argv)
+
+
+def _main(argv: list[str]) -> int:
     args = _parser().parse_args(argv)
-    from iterdpo.config import ConfigError, dump_config, load_config
-    from iterdpo.records import RecordError
-    from iterdpo.rundir import StageMismatch
+    from iterdpo.config import dump_config, load_config
 
-    try:
-        if args.command == "slurm":
-            from iterdpo.slurm import SlurmError
-            from iterdpo.slurm import main as slurm_main
+    if args.command == "slurm":
+        from iterdpo.slurm import SlurmError
+        from iterdpo.slurm import main as slurm_main
 
-            try:
-                return slurm_main(args)
-            except SlurmError as e:
-                print(f"iterdpo: error: {e}", file=sys.stderr)
-                return 1
-        if args.command == "report":
-            from iterdpo.report import write_report
+        try:
+            return slurm_main(args)
+        except SlurmError as e:
+            print(f"iterdpo: error: {e}", file=sys.stderr)
+            return 1
+    if args.command == "report":
+        from iterdpo.report import write_report
 
-            print(write_report(args.run_dir))
-            return 0
-        cfg = load_config(args.config, args.overrides)
-        if args.command in ("annotate-export", "annotate-import"):
-            return _human(args, cfg)
-        if args.command == "config":
-            print(dump_config(cfg), end="")
-            return 0
-        from iterdpo import loop
+        print(write_report(args.run_dir))
+        return 0
+    cfg = load_config(args.config, args.overrides)
+    if args.command in ("annotate-export", "annotate-import"):
+        return _human(args, cfg)
+    if args.command == "config":
+        print(dump_config(cfg), end="")
+        return 0
+    from iterdpo import loop
 
-        if args.command == "run":
-            loop.run_all(cfg)
-        else:
-            run = loop.Run(cfg)
-            run.rd.root.mkdir(parents=True, exist_ok=True)
-            loop.run_stage(run, args.command, args.iteration)
-            if int(os.environ.get("RANK", "0")) == 0:
-                loop.write_summary(run)
-    except (ConfigError, RecordError, StageMismatch) as e:
-        print(f"iterdpo: error: {e}", file=sys.stderr)
-        return 2
+    if args.command == "run":
+        loop.run_all(cfg)
+    else:
+        from iterdpo.preflight import preflight
+
+        preflight(cfg, stage=args.command)  # before the run directory exists
+        run = loop.Run(cfg)
+        run.rd.root.mkdir(parents=True, exist_ok=True)
+        loop.run_stage(run, args.command, args.iteration)
+        if int(os.environ.get("RANK", "0")) == 0:
+            loop.write_summary(run)
     return 0
 
 

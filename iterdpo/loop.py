@@ -23,7 +23,7 @@ import random
 import time
 from pathlib import Path
 
-from iterdpo import records
+from iterdpo import records, truncation
 from iterdpo.config import Config, dump_config
 from iterdpo.rundir import RunDir, fingerprint_files, key_of
 from iterdpo.tracking import make_tracker
@@ -42,6 +42,10 @@ def quiet_hf() -> None:
 def _log(msg: str) -> None:
     if int(os.environ.get("RANK", "0")) == 0:
         print(f"[iterdpo] {msg}", flush=True)
+
+
+def _where(k: int | None, name: str) -> str:
+    return f"iter {k} {name}" if k is not None else name
 
 
 def derived_seed(cfg: Config, *parts: object) -> int:
@@ -192,6 +196,7 @@ def _sample(run: Run, model: str, prompts, dest_name: str, k: int | None, n: int
         table, extra = postprocess(table, empty=cfg.sample.empty, duplicates=cfg.sample.duplicates)
         records.write_table(table, tmp / "completions.parquet")
         stops = sum(f == "stop" for f in table.column("finish_reason").to_pylist())
+        extra.update(records.prompt_stats(prompts), **truncation.completions_stats(table, model, cfg.model, _where(k, dest_name)))
         return {"prompts": prompts.num_rows, "completions": table.num_rows, "stopped": stops, **extra}
 
     return _stage(run, k, dest_name, key, write)
@@ -236,7 +241,8 @@ def score(run: Run, k: int) -> dict:
             return {}
         records.write_table(table, tmp / "scored.parquet")
         rewards = table.column("reward").to_pylist()
-        return {"completions": table.num_rows, "mean_reward": sum(rewards) / max(len(rewards), 1)}
+        cut = truncation.completions_stats(table, policy, cfg.model, _where(k, "score"))
+        return {"completions": table.num_rows, "mean_reward": sum(rewards) / max(len(rewards), 1), **cut}
 
     return _stage(run, k, "score", key, write, all_ranks=True)
 
@@ -393,10 +399,11 @@ def train(run: Run, k: int) -> dict:
         pairs = pa.concat_tables([run.data(i, "annotate", "pairs.parquet") for i in iters])
         if pairs.num_rows == 0:
             raise RuntimeError(f"iteration {k}: no preference pairs to train on (all dropped by annotation)")
-        return fit(
+        cut = truncation.pairs_stats(pairs, start, cfg.model, _where(k, "train"))
+        return {**fit(
             pairs, start, tmp, tokenizer_path=cfg.model.tokenizer, model_cfg=cfg.model, cfg=cfg.train,
             seed=derived_seed(cfg, k, "train"), ckpt_dir=run.rd.partial(path) / key,
-        )
+        ), **cut}
 
     return _stage(run, k, "train", key, write, all_ranks=True)
 
@@ -558,7 +565,9 @@ def write_summary(run: Run) -> dict:
 def start_run(cfg: Config) -> tuple[Run, object | None]:
     """Open the run directory (rank 0 writes its config) and the tracker (rank 0 only, else None)."""
     from iterdpo import distributed as dist
+    from iterdpo.preflight import preflight
 
+    preflight(cfg)  # models, tokenizer, judge, run directory, disk: one line and exit 2 before anything exists
     eval_judge_name(cfg)  # a config without a judge fails here, not after the first iteration's training
     run = Run(cfg)
     if not dist.is_main():

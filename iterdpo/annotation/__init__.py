@@ -54,17 +54,19 @@ def get_annotator(name: str, cfg=None, *, run_dir=None, iteration: int | None = 
     """
     from pathlib import Path
 
+    from iterdpo.config import ConfigError
+
     if name == "gold":
         from iterdpo.annotation.gold import GoldAnnotator
 
         return GoldAnnotator(getattr(cfg, "gold", None) or "toy")
     if cfg is None:
-        raise ValueError(f"annotator {name!r} needs the annotate config section")
+        raise ConfigError(f"annotator {name!r} needs the annotate config section")
     if name == "reward_model":
         from iterdpo.annotation.reward_model import RewardModelAnnotator
 
         if not cfg.reward_model:
-            raise ValueError("annotate.reward_model: set it to the reward model's folder for annotator 'reward_model'")
+            raise ConfigError("annotate.reward_model: set it to the reward model's folder for annotator 'reward_model'")
         return RewardModelAnnotator(cfg.reward_model, batch_tokens=cfg.rm_batch_tokens, max_length=cfg.rm_max_length, dtype=cfg.rm_dtype)
     if name == "judge":
         from iterdpo.annotation.judge import JudgeAnnotator
@@ -73,7 +75,8 @@ def get_annotator(name: str, cfg=None, *, run_dir=None, iteration: int | None = 
         if cache is None and run_dir is not None:
             cache = str(Path(run_dir) / "judge_cache.sqlite")
         cache = None if cache in (None, "none") else cache
-        return JudgeAnnotator(cfg.judge, cache_path=cache, seed=seed, on_unparseable="coin" if for_eval else "drop")
+        return JudgeAnnotator(cfg.judge, cache_path=cache, seed=seed, on_unparseable="coin" if for_eval else "drop",
+                              max_failed=getattr(cfg, "max_unlabelled", 0))
     if name == "implicit":
         from iterdpo.annotation.implicit import ImplicitAnnotator
 
@@ -82,9 +85,9 @@ def get_annotator(name: str, cfg=None, *, run_dir=None, iteration: int | None = 
         from iterdpo.annotation.human import HumanAnnotator, labels_path
 
         if run_dir is None or iteration is None:
-            raise ValueError("annotator 'human' needs the run directory and the iteration")
+            raise ConfigError("annotator 'human' needs the run directory and the iteration")
         return HumanAnnotator(labels_path(run_dir, iteration))
-    raise ValueError(f"unknown annotator {name!r}; available: {ANNOTATORS}")
+    raise ConfigError(f"annotate.annotator: unknown annotator {name!r}; available: {ANNOTATORS}")
 
 
 def preference_rows(oriented: list[tuple[dict, dict, str]], *, reference: str, init: str, iteration: int) -> list[dict]:
@@ -174,4 +177,7 @@ def annotate(
                      noise_swapped_pairs=[[out[i]["chosen_id"], out[i]["rejected_id"]] for i in swapped])
     if hasattr(annotator, "stats"):
         stats["annotator"] = annotator.stats()
+        if "failed" in stats["annotator"]:  # a judge: which unlabelled pairs a rerun could still label
+            stats["unlabelled_failed"] = stats["annotator"]["failed"]
+            stats["unlabelled_unparseable"] = stats["annotator"]["unparseable"]
     return records.from_rows(out, records.PREFERENCES), stats
