@@ -112,3 +112,40 @@ def test_kill_every_stage_then_resume_equals_the_uninterrupted_run(pipeline, rot
     assert sorted(got) == sorted(want)
     different = [k for k in want if got[k] != want[k]]
     assert not different, f"differs from the uninterrupted run: {different}"
+
+
+def test_disk_full_during_train_is_one_line_then_resume_after_freeing_space(references, tmp_path):
+    """A real full disk: a small tmpfs holds the run; a filler takes the rest of it just before train."""
+    ref_root, _ = references("default")
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(disk)], capture_output=True).returncode:
+        pytest.skip("mounting a tmpfs is not permitted here (root in CI)")
+    try:
+        over = PIPELINES["default"]
+        p = iterdpo_run(disk, over, "train@1:before_write")  # everything up to train, on the small disk
+        assert p.returncode == -9, p.stderr[-2000:]
+        filler = disk / "filler"
+        with open(filler, "wb") as f:
+            try:
+                while True:
+                    f.write(b"\0" * (1 << 16))
+                    f.flush()
+            except OSError:
+                pass
+        p = iterdpo_run(disk, over)
+        assert p.returncode == 2, p.stdout[-2000:] + p.stderr[-2000:]
+        lines = [ln for ln in p.stderr.splitlines() if ln.startswith("iterdpo: ") or "Traceback" in ln]
+        print(lines[0])
+        assert len(lines) == 1 and "No space left on device" in lines[0] and "iter_1" in lines[0], p.stderr[-2000:]
+        assert not (disk / "toy" / "iter_1" / "train").exists()
+        assert (disk / "toy" / "iter_1" / "annotate" / "manifest.json").exists()  # finished stages are kept
+        filler.unlink()
+        p = iterdpo_run(disk, over)
+        assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+        assert "iter 1 annotate: done already" in p.stdout
+        got, want = snapshot(disk / "toy"), snapshot(ref_root)
+        assert sorted(got) == sorted(want)
+        assert not [k for k in want if got[k] != want[k]]
+    finally:
+        subprocess.run(["umount", str(disk)], check=True)
