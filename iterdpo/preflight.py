@@ -45,6 +45,13 @@ def _looks_like_path(value: str) -> bool:
     return value.startswith(("/", "./", "../", "~")) or value.count("/") > 1 or not _HUB_ID.match(value)
 
 
+def _names_a_file(value: str) -> bool:
+    """A data spec that is a file path (not a built-in task's name such as 'toy', not 'hf:...')."""
+    if value in TASK_FILES or value.startswith("hf:"):
+        return False
+    return "/" in value or Path(value).suffix.lower() in (".jsonl", ".json", ".parquet", ".csv")
+
+
 def _has_any(folder: Path, names: tuple[str, ...]) -> bool:
     return any((folder / n).is_file() for n in names)
 
@@ -203,9 +210,9 @@ def preflight(cfg, stage: str | None = None, *, warn=None) -> None:
         for url in cfg.sample.servers:
             check_connect("sample.servers", url)
     for field, value in (("data.prompts", cfg.data.prompts), ("data.eval_prompts", cfg.data.eval_prompts)):
-        if value not in TASK_FILES and not value.startswith("hf:") and not Path(value).expanduser().is_file():
+        if _names_a_file(value) and not Path(value).expanduser().is_file():
             raise PreflightError(f"{field}: {value}: prompt file not found")
-    if cfg.select.selector == "sera" and cfg.sera.offline not in TASK_FILES and not Path(cfg.sera.offline).expanduser().is_file():
+    if cfg.select.selector == "sera" and _names_a_file(cfg.sera.offline) and not Path(cfg.sera.offline).expanduser().is_file():
         raise PreflightError(f"sera.offline: {cfg.sera.offline}: preference file not found")
     probe = check_writable("run.output_dir", cfg.run_dir())
     if every:
