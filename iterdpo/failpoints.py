@@ -35,7 +35,8 @@ ENV = "ITERDPO_FAILPOINT"
 _armed_tmp: Path | None = None  # the temporary folder of the running commit armed with mid_write
 
 
-def _parse() -> tuple[str, int | None, str] | None:
+def armed() -> tuple[str, int | None, str] | None:
+    """(stage, iteration or None, point) from ``ITERDPO_FAILPOINT``, None when unset; ValueError when malformed."""
     spec = os.environ.get(ENV, "").strip()
     if not spec:
         return None
@@ -48,7 +49,7 @@ def _parse() -> tuple[str, int | None, str] | None:
 
 def _matches(path: Path) -> str | None:
     """The armed point when ``path`` (a stage folder runs/<name>/[iter_<k>/]<stage>) is the armed stage."""
-    fp = _parse()
+    fp = armed()
     if fp is None:
         return None
     name, k, point = fp

@@ -184,6 +184,12 @@ def preflight(cfg, stage: str | None = None, *, warn=None) -> None:
             if int(os.environ.get("RANK", "0")) == 0:
                 print(f"[iterdpo] warning: {line}", file=sys.stderr, flush=True)
 
+    from iterdpo import failpoints
+
+    try:
+        failpoints.armed()
+    except ValueError as e:
+        raise PreflightError(str(e)) from None
     every = stage is None
     annotating = every or stage == "annotate"
     evaluating = every or stage == "evaluate"

@@ -70,3 +70,9 @@ def test_free_disk_below_the_estimate_is_a_warning(tmp_path, toy_cache):
         assert len(said) == 1 and "run.output_dir" in said[0] and "free" in said[0] and "may need about" in said[0]
     finally:
         subprocess.run(["umount", str(small)], check=True)
+
+
+def test_a_malformed_failpoint_is_refused_before_work(tmp_path, monkeypatch):
+    monkeypatch.setenv("ITERDPO_FAILPOINT", "train:middle")
+    with pytest.raises(PreflightError, match="ITERDPO_FAILPOINT='train:middle'"):
+        preflight(cfg(tmp_path))
