@@ -3,14 +3,8 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 from iterdpo.truncation import count
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_counts_match_the_tokenisation_routine(tiny_model_dir):
@@ -30,19 +24,19 @@ def test_counts_match_the_tokenisation_routine(tiny_model_dir):
     assert len(e.input_ids) == 40
 
 
-def test_a_huge_prompt_is_counted_and_said_once(toy_cache, tmp_path):
+def test_a_huge_prompt_is_counted_and_said_once(toy_cache, tmp_path, capsys):
     """Before: a 100k-character prompt was left-truncated to max_prompt_length and nothing said so."""
+    from iterdpo import loop
+    from iterdpo.config import load_config
+
     prompts = tmp_path / "prompts.jsonl"
     rows = [{"prompt": "Write a review of a movie about the sea."}, {"prompt": "the film " * 12500},
             {"prompt": "Write a review of a movie about the sea."}]
     prompts.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    p = subprocess.run(
-        [sys.executable, "-m", "iterdpo", "sample", "-k", "1", f"data.prompts={prompts}", "data.prompts_per_iteration=2",
-         "sample.n=2", "sample.max_tokens=4", f"run.output_dir={tmp_path}"],
-        capture_output=True, text=True, timeout=600, env={**os.environ, "PYTHONPATH": str(ROOT)},
-    )
-    assert p.returncode == 0, p.stdout + p.stderr
-    stats = json.loads((tmp_path / "toy" / "iter_1" / "sample" / "manifest.json").read_text())["stats"]
+    cfg = load_config(None, [f"data.prompts={prompts}", "data.prompts_per_iteration=2", "sample.n=2", "sample.max_tokens=4",
+                             f"run.output_dir={tmp_path}"])
+    stats = loop.sample(loop.Run(cfg), 1)["stats"]
     assert stats["truncated_prompts"] == 1 and stats["duplicate_prompts"] == 1
-    said = [ln for ln in p.stdout.splitlines() if "longer than model.max_prompt_length" in ln]
-    assert len(said) == 1 and said[0].startswith("[iterdpo] iter 1 sample: 1 of 2 prompts"), p.stdout
+    out = capsys.readouterr().out
+    said = [ln for ln in out.splitlines() if "longer than model.max_prompt_length" in ln]
+    assert len(said) == 1 and said[0].startswith("[iterdpo] iter 1 sample: 1 of 2 prompts"), out
