@@ -25,6 +25,8 @@ def _parser() -> argparse.ArgumentParser:
         prog="iterdpo",
         description="Iterative preference optimisation: sample -> score -> select -> annotate -> train, repeated.",
     )
+    p.add_argument("--debug", action="store_true", help="show tracebacks of anticipated errors too (or ITERDPO_DEBUG=1); "
+                   "accepted anywhere on the command line")
     sub = p.add_subparsers(dest="command", required=True)
 
     def common(sp: argparse.ArgumentParser) -> None:
@@ -54,49 +56,50 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The command line; an anticipated error prints one line and returns 2 (:func:`iterdpo.errors.run_main`)."""
+    from iterdpo.errors import run_main
+
+    return run_main(_main, argv)
+
+
+def _main(argv: list[str]) -> int:
     args = _parser().parse_args(argv)
-    from iterdpo.config import ConfigError, dump_config, load_config
-    from iterdpo.records import RecordError
-    from iterdpo.rundir import StageMismatch
+    from iterdpo.config import dump_config, load_config
 
-    try:
-        if args.command == "slurm":
-            from iterdpo.slurm import SlurmError
-            from iterdpo.slurm import main as slurm_main
+    if args.command == "slurm":
+        from iterdpo.slurm import SlurmError
+        from iterdpo.slurm import main as slurm_main
 
-            try:
-                return slurm_main(args)
-            except SlurmError as e:
-                print(f"iterdpo: error: {e}", file=sys.stderr)
-                return 1
-        if args.command == "report":
-            from iterdpo.report import write_report
+        try:
+            return slurm_main(args)
+        except SlurmError as e:
+            print(f"iterdpo: error: {e}", file=sys.stderr)
+            return 1
+    if args.command == "report":
+        from iterdpo.report import write_report
 
-            print(write_report(args.run_dir))
-            return 0
-        cfg = load_config(args.config, args.overrides)
-        if args.command in ("annotate-export", "annotate-import"):
-            return _human(args, cfg)
-        if args.command == "config":
-            print(dump_config(cfg), end="")
-            return 0
-        from iterdpo.pipeline import driver
-        from iterdpo.pipeline.summary import write_summary
-        from iterdpo.stages import pipeline_for
+        print(write_report(args.run_dir))
+        return 0
+    cfg = load_config(args.config, args.overrides)
+    if args.command in ("annotate-export", "annotate-import"):
+        return _human(args, cfg)
+    if args.command == "config":
+        print(dump_config(cfg), end="")
+        return 0
+    from iterdpo.pipeline import driver
+    from iterdpo.pipeline.summary import write_summary
+    from iterdpo.stages import pipeline_for
 
-        if args.command == "run":
-            driver.run_all(cfg, pipeline_for(cfg))
-        else:  # one stage (and whatever it reads that has not run), under the run lock
-            run, _ = driver.start_run(cfg, pipeline_for(cfg), track=False)
-            try:
-                driver.run_stage(run, args.command, args.iteration)
-                if int(os.environ.get("RANK", "0")) == 0:
-                    write_summary(run)
-            finally:
-                driver.close_run(run)
-    except (ConfigError, RecordError, StageMismatch) as e:
-        print(f"iterdpo: error: {e}", file=sys.stderr)
-        return 2
+    if args.command == "run":
+        driver.run_all(cfg, pipeline_for(cfg))
+    else:  # one stage (and whatever it reads that has not run), under the run lock
+        run, _ = driver.start_run(cfg, pipeline_for(cfg), track=False, stage=args.command)
+        try:
+            driver.run_stage(run, args.command, args.iteration)
+            if int(os.environ.get("RANK", "0")) == 0:
+                write_summary(run)
+        finally:
+            driver.close_run(run)
     return 0
 
 

@@ -28,8 +28,10 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationErr
 
 from iterdpo import registry
 
+from iterdpo.errors import UserError
 
-class ConfigError(ValueError):
+
+class ConfigError(ValueError, UserError):
     """A bad config: the message names the file, the key and what is allowed."""
 
 
@@ -252,6 +254,11 @@ class AnnotateConfig(_Section):
         "reward", description="Scored column the implicit annotator orients by (chosen = higher)."
     )
     judge: JudgeConfig = Field(default_factory=JudgeConfig)
+    max_unlabelled: int = Field(
+        0, ge=0, description="Judge pairs whose every request failed (after judge.max_retries) that a stage may drop; beyond it "
+        "the stage fails once the rest of its batch is answered and cached, so a rerun asks only for the failed ones "
+        "(0: never lose a label). Unparseable answers are dropped and counted either way (annotator.unparseable).",
+    )
     noise: float = Field(0.0, ge=0.0, le=1.0, description="Fraction of labelled pairs whose chosen/rejected are swapped (seeded), for robustness experiments.")
     gold: Literal["toy", "world"] | None = Field(
         None, description="Gold reward of the 'gold' annotator and of evaluation's gold metrics (mean_gold_reward): 'toy' "

@@ -10,6 +10,50 @@ so the Accelerator that training builds later reuses it.
 from __future__ import annotations
 
 import os
+import signal
+import sys
+
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+_watched = False
+
+
+def die_with_launcher() -> None:
+    """Make this worker die (SIGKILL) the moment its launcher process dies.
+
+    torch's launcher (``accelerate launch``, ``torchrun``) starts each worker in a session
+    of its own, so ``kill -9`` of the launcher or of its process group leaves the workers
+    running: they would finish their stage and commit it while a restarted run works on
+    the same directory. ``prctl(PR_SET_PDEATHSIG, SIGKILL)`` asks the kernel to kill this
+    process when its parent exits. If the parent already died before the call (the
+    worker was re-parented to init or a subreaper), exit at once. Linux only; a no-op
+    elsewhere. Called once per process, from :func:`init`.
+    """
+    global _watched
+    if _watched or not sys.platform.startswith("linux"):
+        return
+    _watched = True
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
+        return  # not permitted here (a seccomp sandbox): nothing more to do
+    if orphaned():
+        os.kill(os.getpid(), signal.SIGKILL)  # the launcher died before the death signal was armed
+
+
+def orphaned() -> bool:
+    """True when this process was re-parented to init: its launcher is gone.
+
+    A launcher that *is* pid 1 (``accelerate launch`` as a container's entry point) is
+    recognised by its command line.
+    """
+    if os.getppid() != 1:
+        return False
+    try:
+        cmdline = open("/proc/1/cmdline", "rb").read().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return False
+    return not any(w in cmdline for w in ("accelerate", "torchrun", "torch.distributed", "deepspeed", "iterdpo"))
 
 
 def world_size() -> int:
@@ -34,6 +78,7 @@ def init() -> None:
     """
     if world_size() == 1:
         return
+    die_with_launcher()
     import torch
     from accelerate import PartialState
 

@@ -33,6 +33,9 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from iterdpo import failpoints
+from iterdpo.errors import UserError
+
 PROMPTS = pa.schema(
     [
         ("prompt_id", pa.string()),  # sha1 of the prompt text, first 16 hex digits
@@ -98,7 +101,7 @@ LOGP_COLUMNS = ("ref_chosen_logps", "ref_rejected_logps", "policy_chosen_logps",
 LABELLED = pa.schema([f for f in PREFERENCES if f.name not in LOGP_COLUMNS])
 
 
-class RecordError(ValueError):
+class RecordError(ValueError, UserError):
     """Bad input data; the message names the file, the row and the field."""
 
 
@@ -112,6 +115,8 @@ def write_table(table: pa.Table, path: Path) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
+    if failpoints.mid_write(path):  # ITERDPO_FAILPOINT=<stage>:mid_write (testing aid)
+        failpoints.write_half_then_die(table, tmp)
     pq.write_table(table, tmp)
     os.replace(tmp, path)
 
@@ -204,12 +209,14 @@ def load_prompts(path: str | Path, source: str | None = None) -> pa.Table:
 
     Accepts ``.jsonl`` (one object per line), ``.json`` (a list) or ``.parquet``; each row
     needs ``prompt`` (text, or chat messages whose last user message is used) and may
-    have ``prompt_id`` and ``source``. Duplicate prompts are kept once.
+    have ``prompt_id`` and ``source``. A prompt repeated with its id is kept once (the
+    repeats are counted in the schema metadata, see :func:`prompt_stats`); one ``prompt_id``
+    given to two different texts is an error naming both lines.
     """
     path = Path(path)
     if not path.exists():
         raise RecordError(f"{path}: prompt file not found")
-    rows, seen = [], set()
+    rows, seen, duplicates = [], {}, 0
     for where, row in iter_rows(path):
         if "prompt" not in row:
             raise RecordError(f"{where}, field 'prompt': missing (fields present: {sorted(row)})")
@@ -221,12 +228,28 @@ def load_prompts(path: str | Path, source: str | None = None) -> pa.Table:
         if not isinstance(src, str):
             raise RecordError(f"{where}, field 'source': expected a string")
         if pid in seen:
+            first, first_text = seen[pid]
+            if first_text != text:
+                raise RecordError(
+                    f"{where}, field 'prompt_id': {pid!r} is also the id of a different prompt at {first.removeprefix(f'{path}: ')}; "
+                    "give each prompt its own id (or drop prompt_id: the text's hash is used)"
+                )
+            duplicates += 1
             continue
-        seen.add(pid)
+        seen[pid] = (where, text)
         rows.append({"prompt_id": pid, "prompt": text, "source": src})
     if not rows:
         raise RecordError(f"{path}: no prompts")
-    return from_rows(rows, PROMPTS)
+    return from_rows(rows, PROMPTS).replace_schema_metadata({DUPLICATES_KEY: str(duplicates)})
+
+
+DUPLICATES_KEY = "iterdpo.duplicate_prompts"
+
+
+def prompt_stats(prompts: pa.Table) -> dict:
+    """``{"duplicate_prompts": n}``: repeats dropped when the prompt file was loaded (0 if unknown)."""
+    meta = prompts.schema.metadata or {}
+    return {"duplicate_prompts": int(meta.get(DUPLICATES_KEY.encode(), b"0"))}
 
 
 OFFLINE_PAIRS = pa.schema(

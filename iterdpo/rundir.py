@@ -27,10 +27,12 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from iterdpo import errors, failpoints
+
 MANIFEST = "manifest.json"
 
 
-class StageMismatch(RuntimeError):
+class StageMismatch(RuntimeError, errors.UserError):
     """A finished stage's output was produced by a different config or input."""
 
 
@@ -120,7 +122,9 @@ class RunDir:
             shutil.rmtree(tmp)
         tmp.mkdir(parents=True)
         start = time.time()
-        stats = write(tmp) or {}
+        failpoints.hit(path, "before_write")
+        with failpoints.writing(path, tmp), errors.writing(path):
+            stats = write(tmp) or {}
         manifest = {
             "key": key,
             "stage": path.name,
@@ -129,14 +133,17 @@ class RunDir:
             "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
             "versions": versions(),
         }
-        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
-        _fsync_dir(tmp)
+        with errors.writing(path):
+            (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
+            _fsync_dir(tmp)
+        failpoints.hit(path, "before_commit")
         if path.exists():  # a folder without manifest (checked above): not a finished stage
             shutil.rmtree(path)
         os.replace(tmp, path)
         partial = path.parent / f".{path.name}.partial"
         if partial.exists():
             shutil.rmtree(partial)
+        failpoints.hit(path, "after_commit")
         return manifest
 
 

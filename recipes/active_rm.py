@@ -91,4 +91,6 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    from iterdpo.errors import run_main  # one line on stderr and exit 2 for anticipated errors
+
+    sys.exit(run_main(main))

@@ -101,3 +101,20 @@ def test_load_preferences_errors(tmp_path, row, match):
     with pytest.raises(RecordError, match=match) as e:
         records.load_preferences(p)
     assert str(p) in str(e.value)
+
+
+def test_one_prompt_id_for_two_texts_is_an_error_naming_both_lines(tmp_path):
+    """Before: the second prompt was dropped without a word."""
+    f = tmp_path / "p.jsonl"
+    f.write_text('{"prompt": "first", "prompt_id": "p1"}\n{"prompt": "other"}\n{"prompt": "second", "prompt_id": "p1"}\n')
+    with pytest.raises(records.RecordError, match=r"p.jsonl: line 3, field 'prompt_id': 'p1' is also the id of a different prompt at line 1"):
+        records.load_prompts(f)
+
+
+def test_identical_prompts_are_kept_once_and_counted(tmp_path):
+    f = tmp_path / "p.jsonl"
+    f.write_text('{"prompt": "a"}\n{"prompt": "b"}\n{"prompt": "a"}\n{"prompt": "a", "source": "x"}\n')
+    table = records.load_prompts(f)
+    assert table.column("prompt").to_pylist() == ["a", "b"]
+    assert records.prompt_stats(table) == {"duplicate_prompts": 2}
+    assert records.prompt_stats(table.take([1])) == {"duplicate_prompts": 2}  # an iteration's slice keeps the file's count

@@ -51,7 +51,9 @@ def reward_model_annotator(cfg, **_) -> Annotator:
     from iterdpo.annotation.reward_model import RewardModelAnnotator
 
     if not cfg.reward_model:
-        raise ValueError("annotate.reward_model: set it to the reward model's folder for annotator 'reward_model'")
+        from iterdpo.config import ConfigError
+
+        raise ConfigError("annotate.reward_model: set it to the reward model's folder for annotator 'reward_model'")
     return RewardModelAnnotator(cfg.reward_model, batch_tokens=cfg.rm_batch_tokens, max_length=cfg.rm_max_length, dtype=cfg.rm_dtype)
 
 
@@ -64,7 +66,8 @@ def judge_annotator(cfg, *, run_dir=None, seed: int = 0, for_eval: bool = False,
     if cache is None and run_dir is not None:
         cache = str(Path(run_dir) / "judge_cache.sqlite")
     cache = None if cache in (None, "none") else cache
-    return JudgeAnnotator(cfg.judge, cache_path=cache, seed=seed, on_unparseable="coin" if for_eval else "drop")
+    return JudgeAnnotator(cfg.judge, cache_path=cache, seed=seed, on_unparseable="coin" if for_eval else "drop",
+                          max_failed=getattr(cfg, "max_unlabelled", 0))
 
 
 def implicit_annotator(cfg, **_) -> Annotator:
@@ -77,7 +80,9 @@ def human_annotator(cfg, *, run_dir=None, iteration: int | None = None, **_) -> 
     from iterdpo.annotation.human import HumanAnnotator, labels_path
 
     if run_dir is None or iteration is None:
-        raise ValueError("annotator 'human' needs the run directory and the iteration")
+        from iterdpo.config import ConfigError
+
+        raise ConfigError("annotator 'human' needs the run directory and the iteration")
     return HumanAnnotator(labels_path(run_dir, iteration))
 
 
@@ -89,9 +94,14 @@ def get_annotator(name: str, cfg=None, *, run_dir=None, iteration: int | None = 
     the human label files (``<run_dir>/iter_<k>/human_labels.jsonl``). ``for_eval`` makes
     a judge flip a seeded coin on an unparseable answer instead of dropping the pair.
     """
-    build = load(ANNOTATORS, name, "annotator")
+    from iterdpo.config import ConfigError
+
+    try:
+        build = load(ANNOTATORS, name, "annotator")
+    except ValueError as e:
+        raise ConfigError(f"annotate.annotator: {e}") from None
     if cfg is None and name != "gold":
-        raise ValueError(f"annotator {name!r} needs the annotate config section")
+        raise ConfigError(f"annotator {name!r} needs the annotate config section")
     return build(cfg, run_dir=run_dir, iteration=iteration, seed=seed, for_eval=for_eval)
 
 
@@ -187,4 +197,7 @@ def annotate(
                      noise_swapped_pairs=[[out[i]["chosen_id"], out[i]["rejected_id"]] for i in swapped])
     if hasattr(annotator, "stats"):
         stats["annotator"] = annotator.stats()
+        if "failed" in stats["annotator"]:  # a judge: which unlabelled pairs a rerun could still label
+            stats["unlabelled_failed"] = stats["annotator"]["failed"]
+            stats["unlabelled_unparseable"] = stats["annotator"]["unparseable"]
     return records.from_rows(out, records.LABELLED), stats

@@ -4,8 +4,12 @@ One request per pair: the pairwise template (seed 002's oracle prompts by defaul
 filled with the prompt and the two responses, shown in a random order (A/B swapped with
 p = 0.5) to cancel the judge's position bias; the verdict ``Preferred: A|B`` is parsed
 and un-swapped, so ``compare`` returns +1 when the *first* argument wins, -1 when the
-second does, and ``None`` when the answer is unparseable or every retry failed (or a
-seeded coin flip, +-1, in evaluation mode).
+second does, and ``None`` when the answer is unparseable (or a seeded coin flip, +-1, in
+evaluation mode) or every retry failed. More than ``max_failed`` (``annotate.max_unlabelled``,
+default 0) pairs whose every retry failed raise :class:`JudgeError` once the whole batch is
+done: every answer received is cached by then, so the rerun of the stage pays only for
+the failed pairs, and no label is lost by committing a stage without them. Unparseable
+answers do not count: asking again would return the cached answer.
 
 The order shown is a hash of (seed, prompt, unordered pair), not a draw from a running
 RNG, so a restarted stage presents every pair exactly as before and finds it in the cache.
@@ -35,6 +39,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+
+from iterdpo.errors import UserError
 
 # --- templates -------------------------------------------------------------------------
 
@@ -177,7 +183,7 @@ class JudgeCache:
 # --- the annotator ---------------------------------------------------------------------
 
 
-class JudgeError(RuntimeError):
+class JudgeError(RuntimeError, UserError):
     """A judge answer that retrying cannot fix (bad key, unknown model, bad URL)."""
 
 
@@ -202,7 +208,7 @@ class JudgeAnnotator:
     name = "judge"
 
     def __init__(self, cfg, *, cache_path: str | Path | None = None, seed: int = 0, on_unparseable: str = "drop",
-                 progress: bool = True):
+                 progress: bool = True, max_failed: int = 0):
         import httpx
 
         if on_unparseable not in ("drop", "coin"):
@@ -211,6 +217,7 @@ class JudgeAnnotator:
         self.seed = seed
         self.on_unparseable = on_unparseable
         self.progress = progress
+        self.max_failed = max_failed
         self.template = load_template(cfg.template)
         url = cfg.url.rstrip("/")
         self.endpoint = url if url.endswith("/chat/completions") else url + "/chat/completions"
@@ -241,9 +248,17 @@ class JudgeAnnotator:
                                 disable=not self.progress or not jobs, mininterval=2.0))
         out: list[float | None] = []
         failed = sum(res.answer is None for res in results)
-        if jobs and failed == len(jobs):
-            raise JudgeError(f"every judge request to {self.endpoint} failed after {self.cfg.max_retries} retries")
         self._stats["failed"] += failed
+        if jobs and failed == len(jobs) and failed > self.max_failed:
+            raise JudgeError(f"every judge request to {self.endpoint} failed after {self.cfg.max_retries} retries")
+        if failed > self.max_failed:
+            # every other answer of the batch is in the cache by now: a rerun asks only for these
+            raise JudgeError(
+                f"{failed} of {len(jobs)} judge requests to {self.endpoint} still failed after {self.cfg.max_retries} retries "
+                f"(annotate.max_unlabelled={self.max_failed}); the stage is not committed and the other "
+                f"{len(jobs) - failed} answers are cached: run again to ask only for the failed ones, or raise "
+                "annotate.max_unlabelled to drop them"
+            )
         for x, ya, yb, s, res in zip(prompts, a, b, swaps, results, strict=True):
             verdict = parse_verdict(res.answer) if res.answer is not None else None
             if res.answer is not None and verdict is None:

@@ -49,17 +49,22 @@ def open_run(cfg: Config, pipeline: Pipeline) -> Run:
     return run
 
 
-def start_run(cfg: Config, pipeline: Pipeline, track: bool = True) -> tuple[Run, object | None]:
+def start_run(cfg: Config, pipeline: Pipeline, track: bool = True, stage: str | None = None) -> tuple[Run, object | None]:
     """Open the run directory and the tracker (rank 0 only, else None; ``track=False``: none).
 
     In order: every stage's config check (a config without a judge fails here, not after the
-    first training), the run lock (a second process exits 2 at once), the keys of the
-    finished stages (a changed config fails here), and only then rank 0 writes config.yaml,
-    so config.yaml always describes the outputs beside it.
+    first training), the preflight (models, tokenizer, judge, servers, writable run directory,
+    disk: :mod:`iterdpo.preflight`; ``stage`` limits it to what one stage needs), the run lock
+    (a second process exits 2 at once), the keys of the finished stages (a changed config
+    fails here), and only then rank 0 writes config.yaml, so config.yaml always describes the
+    outputs beside it. Nothing is created before the preflight has passed.
     """
-    for stage in pipeline.values():
-        if stage.check is not None:
-            stage.check(cfg)
+    from iterdpo.preflight import preflight
+
+    for each in pipeline.values():
+        if each.check is not None:
+            each.check(cfg)
+    preflight(cfg, stage=stage)
     lock = RunLock(cfg.run_dir()).acquire()  # before any heavy import: a second process exits at once
     run = open_run(cfg, pipeline)
     run.lock = lock

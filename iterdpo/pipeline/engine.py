@@ -135,6 +135,11 @@ class Call:
     def seed(self, *parts: object) -> int:
         return derived_seed(self.cfg, *parts)
 
+    @property
+    def where(self) -> str:
+        """The stage as log lines name it: 'iter 2 score', 'baseline'."""
+        return where(self.run, self.stage, self.k)
+
 
 # --- inputs every iterative stage uses ------------------------------------------------
 

@@ -55,6 +55,7 @@ from pathlib import Path
 
 import pyarrow as pa
 
+from iterdpo.errors import UserError
 from iterdpo.sampling import (
     SamplingParams,
     collect,
@@ -68,7 +69,7 @@ from iterdpo.sampling import (
 from iterdpo.sampling.vllm_engine import adapter_base, gpu_groups, lora_rank, on_cpu
 
 
-class ServerError(RuntimeError):
+class ServerError(RuntimeError, UserError):
     """A server could not be started, died for good, or a request failed for good."""
 
 

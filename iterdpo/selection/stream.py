@@ -43,7 +43,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from iterdpo import records
+from iterdpo import failpoints, records
 
 BATCH = 8_192  # rows per read batch: benchmarks/selection.md found 8k faster and 4x leaner than 64k
 
@@ -312,6 +312,8 @@ def write_parquet(table: pa.Table | Iterable[pa.RecordBatch], path: Path, schema
             raise ValueError("write_parquet: a stream of batches needs its schema")
         batches = table
     tmp = path.with_name(f".{path.name}.tmp")
+    if failpoints.mid_write(path):  # ITERDPO_FAILPOINT=<stage>:mid_write (testing aid)
+        failpoints.write_half_then_die(pa.Table.from_batches(list(batches), schema=schema), tmp)
     rows = 0
     try:
         with pq.ParquetWriter(tmp, schema) as w:

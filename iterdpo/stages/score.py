@@ -19,7 +19,7 @@ def _reads(run, k):
 
 
 def _write(call: Call) -> dict:
-    from iterdpo import scoring
+    from iterdpo import scoring, truncation
 
     cfg = call.cfg
     prev = "prev_policy" in call.inputs
@@ -33,7 +33,8 @@ def _write(call: Call) -> dict:
         return {}
     call.write("scored", table)
     rewards = table.column("reward").to_pylist()
-    return {"completions": table.num_rows, "mean_reward": sum(rewards) / max(len(rewards), 1)}
+    cut = truncation.completions_stats(table, call.model("policy"), cfg.model, call.where)
+    return {"completions": table.num_rows, "mean_reward": sum(rewards) / max(len(rewards), 1), **cut}
 
 
 SCORE = Stage("score", _write, writes=("scored",), fields=("score", "model"), reads=_reads, all_ranks=True)

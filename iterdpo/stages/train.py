@@ -40,6 +40,7 @@ def training_pairs(call: Call):
 
 
 def _write(call: Call) -> dict:
+    from iterdpo import truncation
     from iterdpo.training.trainer import train as fit
 
     cfg, k = call.cfg, call.k
@@ -48,8 +49,10 @@ def _write(call: Call) -> dict:
         raise RuntimeError(f"iteration {k}: no preference pairs to train on (all dropped by annotation)")
     if dist.is_main():
         call.write("preferences", pairs)
-    return fit(pairs, call.model("start"), call.tmp, tokenizer_path=cfg.model.tokenizer, model_cfg=cfg.model, cfg=cfg.train,
-               seed=call.seed(k, "train"), ckpt_dir=call.partial())
+    cut = truncation.pairs_stats(pairs, call.model("start"), cfg.model, call.where)
+    stats = fit(pairs, call.model("start"), call.tmp, tokenizer_path=cfg.model.tokenizer, model_cfg=cfg.model, cfg=cfg.train,
+                seed=call.seed(k, "train"), ckpt_dir=call.partial())
+    return {**stats, **cut}
 
 
 TRAIN = Stage("train", _write, writes=("model", "preferences"), reads=_reads, all_ranks=True,

@@ -38,6 +38,8 @@ from pathlib import Path
 
 import pyarrow as pa
 
+from iterdpo.errors import UserError
+
 PAIR_MARGINS = pa.schema(
     [
         ("chosen_id", pa.string()),
@@ -51,7 +53,7 @@ PAIR_MARGINS = pa.schema(
 GROUP_WINDOW = 16  # global batches sorted together by length
 
 
-class TokenisationMismatch(RuntimeError):
+class TokenisationMismatch(RuntimeError, UserError):
     pass
 
 

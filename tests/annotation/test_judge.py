@@ -8,6 +8,7 @@ sleeps past the client's timeout), R429 / R500 (the first attempt fails), DEAD (
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import threading
@@ -52,6 +53,10 @@ class _Judge(BaseHTTPRequestHandler):
             return self._send(404, b"not found")
         if "DEAD" in user:
             return self._send(500, b"internal error")
+        if srv.down and (user in srv.failing or int(hashlib.sha1(user.encode()).hexdigest(), 16) % srv.down == 0):
+            with srv.lock:
+                srv.failing.add(user)
+            return self._send(500, b"down")
         if "R429" in user and n == 1:
             return self._send(429, b"slow down", {"Retry-After": "0"})
         if "R500" in user and n == 1:
@@ -76,6 +81,7 @@ def server():
     srv = ThreadingHTTPServer(("127.0.0.1", 0), _Judge)
     srv.daemon_threads = True
     srv.lock, srv.calls, srv.attempts, srv.auth = threading.Lock(), 0, {}, []
+    srv.down, srv.failing = 0, set()  # down=m: every request whose message hashes to 0 mod m fails
     t = threading.Thread(target=srv.serve_forever, daemon=True)
     t.start()
     yield srv
@@ -151,15 +157,29 @@ def test_transient_failures_are_retried(server, tmp_path, marker):
     assert s["retries"] == 4 and s["requests"] == 8 and s["failed"] == 0
 
 
-def test_persistent_failure_drops_the_pair_and_all_failing_raises(server):
+def test_persistent_failure_drops_the_pair_only_when_tolerated_and_all_failing_raises(server):
     prompts, good, bad = _pairs(3)
-    j = JudgeAnnotator(_cfg(server, max_retries=1), cache_path=None, progress=False)
+    j = JudgeAnnotator(_cfg(server, max_retries=1), cache_path=None, progress=False, max_failed=1)
     labels = j.compare(prompts + ["x DEAD"], good + ["good"], bad + ["bad"])
     assert labels == [1.0, 1.0, 1.0, None]
     assert j.stats()["failed"] == 1
     assert sum(n for msg, n in server.attempts.items() if "DEAD" in msg) == 2  # 1 try + max_retries
     with pytest.raises(JudgeError, match="every judge request"):
-        j.compare(["y DEAD"], ["a"], ["b"])
+        JudgeAnnotator(_cfg(server, max_retries=1), cache_path=None, progress=False).compare(["y DEAD"], ["a"], ["b"])
+
+
+def test_a_failed_pair_fails_the_batch_after_caching_the_rest(server, tmp_path):
+    """Before: a pair whose requests all failed was dropped and the stage committed, so its label was lost for good."""
+    prompts, good, bad = _pairs(5)
+    j = JudgeAnnotator(_cfg(server, max_retries=1), cache_path=tmp_path / "c.sqlite", progress=False)
+    with pytest.raises(JudgeError, match=r"1 of 6 judge requests .* still failed .*max_unlabelled=0.* 5 answers are cached"):
+        j.compare(prompts + ["x DEAD"], good + ["good"], bad + ["bad"])
+    assert len(j.cache) == 5 and j.stats()["failed"] == 1
+    j.close()
+    calls = server.calls
+    again = JudgeAnnotator(_cfg(server, max_retries=1), cache_path=tmp_path / "c.sqlite", progress=False, max_failed=1)
+    assert again.compare(prompts + ["x DEAD"], good + ["good"], bad + ["bad"]) == [1.0] * 5 + [None]
+    assert server.calls == calls + 2  # only the failed pair was asked again (1 try + 1 retry)
 
 
 def test_client_errors_stop_at_once(server):
@@ -244,6 +264,37 @@ def test_annotate_stage_reports_usage_and_a_rerun_pays_nothing(server, tmp_path)
     shutil.rmtree(root / "iter_1" / "annotate")  # as if the stage had died before committing
     m2 = run_stage(open_run(cfg, DEFAULT), "annotate", 1)
     assert server.calls == 10 and m2["stats"]["annotator"]["cache_hits"] == 10 and m2["stats"]["annotator"]["cost"] == 0
+
+
+def test_annotate_stage_with_a_dead_judge_commits_nothing_and_a_rerun_pays_only_for_the_missing(server, tmp_path):
+    from iterdpo import loop
+    from iterdpo.annotation.judge import JudgeError
+    from iterdpo.config import load_config
+    from tests.annotation.conftest import fake_run
+
+    root = fake_run(tmp_path, iterations=1)
+    port = server.server_address[1]
+    over = [f"run.output_dir={tmp_path}", "annotate.annotator=judge", f"annotate.judge.url=http://127.0.0.1:{port}/v1",
+            "annotate.judge.backoff=0.01", "annotate.judge.max_retries=1"]
+    server.down = 3  # the server answers 500 to every third distinct request (stable per message)
+    with pytest.raises(JudgeError, match="still failed"):
+        loop.annotate(loop.Run(load_config(None, over)), 1)
+    assert not (root / "iter_1" / "annotate").exists()  # nothing committed: no label lost
+    failed = len(server.failing)
+    assert 0 < failed < 10
+    server.down = 0
+    calls = server.calls
+    m = loop.annotate(loop.Run(load_config(None, over)), 1)
+    assert server.calls == calls + failed  # the rerun asks only for the pairs that failed
+    st = m["stats"]
+    assert st["pairs"] + st["ties"] == 10 and st["unlabelled"] == 0
+    assert st["unlabelled_failed"] == 0 and st["unlabelled_unparseable"] == 0 and st["annotator"]["cache_hits"] == 10 - failed
+    # tolerance opted into: the failed pairs are dropped, counted, and the stage commits
+    other = fake_run(tmp_path / "b", iterations=1)
+    server.down, server.failing = 3, set()
+    m = loop.annotate(loop.Run(load_config(None, [*over, f"run.output_dir={tmp_path / 'b'}", "annotate.max_unlabelled=10"])), 1)
+    assert m["stats"]["unlabelled_failed"] == len(server.failing) > 0 and m["stats"]["unlabelled"] >= len(server.failing)
+    assert (other / "iter_1" / "annotate" / "manifest.json").exists()
 
 
 @settings(max_examples=200, deadline=None)
