@@ -27,7 +27,6 @@ import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from iterdpo import registry
-
 from iterdpo.errors import UserError
 
 

@@ -26,8 +26,9 @@ def test_counts_match_the_tokenisation_routine(tiny_model_dir):
 
 def test_a_huge_prompt_is_counted_and_said_once(toy_cache, tmp_path, capsys):
     """Before: a 100k-character prompt was left-truncated to max_prompt_length and nothing said so."""
-    from iterdpo import loop
     from iterdpo.config import load_config
+    from iterdpo.pipeline.driver import open_run, run_stage
+    from iterdpo.stages import DEFAULT
 
     prompts = tmp_path / "prompts.jsonl"
     rows = [{"prompt": "Write a review of a movie about the sea."}, {"prompt": "the film " * 12500},
@@ -35,7 +36,7 @@ def test_a_huge_prompt_is_counted_and_said_once(toy_cache, tmp_path, capsys):
     prompts.write_text("".join(json.dumps(r) + "\n" for r in rows))
     cfg = load_config(None, [f"data.prompts={prompts}", "data.prompts_per_iteration=2", "sample.n=2", "sample.max_tokens=4",
                              f"run.output_dir={tmp_path}"])
-    stats = loop.sample(loop.Run(cfg), 1)["stats"]
+    stats = run_stage(open_run(cfg, DEFAULT), "sample", 1)["stats"]
     assert stats["truncated_prompts"] == 1 and stats["duplicate_prompts"] == 1
     out = capsys.readouterr().out
     said = [ln for ln in out.splitlines() if "longer than model.max_prompt_length" in ln]

@@ -267,10 +267,14 @@ def test_annotate_stage_reports_usage_and_a_rerun_pays_nothing(server, tmp_path)
 
 
 def test_annotate_stage_with_a_dead_judge_commits_nothing_and_a_rerun_pays_only_for_the_missing(server, tmp_path):
-    from iterdpo import loop
     from iterdpo.annotation.judge import JudgeError
     from iterdpo.config import load_config
+    from iterdpo.pipeline.driver import open_run, run_stage
+    from iterdpo.stages import DEFAULT
     from tests.annotation.conftest import fake_run
+
+    def annotate(overrides):
+        return run_stage(open_run(load_config(None, overrides), DEFAULT), "annotate", 1)
 
     root = fake_run(tmp_path, iterations=1)
     port = server.server_address[1]
@@ -278,13 +282,13 @@ def test_annotate_stage_with_a_dead_judge_commits_nothing_and_a_rerun_pays_only_
             "annotate.judge.backoff=0.01", "annotate.judge.max_retries=1"]
     server.down = 3  # the server answers 500 to every third distinct request (stable per message)
     with pytest.raises(JudgeError, match="still failed"):
-        loop.annotate(loop.Run(load_config(None, over)), 1)
+        annotate(over)
     assert not (root / "iter_1" / "annotate").exists()  # nothing committed: no label lost
     failed = len(server.failing)
     assert 0 < failed < 10
     server.down = 0
     calls = server.calls
-    m = loop.annotate(loop.Run(load_config(None, over)), 1)
+    m = annotate(over)
     assert server.calls == calls + failed  # the rerun asks only for the pairs that failed
     st = m["stats"]
     assert st["pairs"] + st["ties"] == 10 and st["unlabelled"] == 0
@@ -292,7 +296,7 @@ def test_annotate_stage_with_a_dead_judge_commits_nothing_and_a_rerun_pays_only_
     # tolerance opted into: the failed pairs are dropped, counted, and the stage commits
     other = fake_run(tmp_path / "b", iterations=1)
     server.down, server.failing = 3, set()
-    m = loop.annotate(loop.Run(load_config(None, [*over, f"run.output_dir={tmp_path / 'b'}", "annotate.max_unlabelled=10"])), 1)
+    m = annotate([*over, f"run.output_dir={tmp_path / 'b'}", "annotate.max_unlabelled=10"])
     assert m["stats"]["unlabelled_failed"] == len(server.failing) > 0 and m["stats"]["unlabelled"] >= len(server.failing)
     assert (other / "iter_1" / "annotate" / "manifest.json").exists()
 
