@@ -179,14 +179,17 @@ def _stage(run: Run, k: int | None, name: str, key: str, write, all_ranks: bool 
     return m
 
 
-def _sample(run: Run, model: str, prompts, dest_name: str, k: int | None, n: int, temperature: float, max_tokens: int, seed: int, key: str):
+def _sample(run: Run, model: str, prompts, dest_name: str, k: int | None, n: int, temperature: float, max_tokens: int, seed: int, key: str,
+            top_p: float | None = None, top_k: int | None = None):
     from iterdpo.sampling import SamplingParams, get_sampler, postprocess
 
     cfg = run.cfg
     path = run.rd.stage(k, dest_name)
+    top_p = cfg.sample.top_p if top_p is None else top_p
+    top_k = cfg.sample.top_k if top_k is None else top_k
 
     def write(tmp: Path) -> dict:
-        params = SamplingParams(n=n, temperature=temperature, top_p=cfg.sample.top_p, top_k=cfg.sample.top_k, max_tokens=max_tokens, seed=seed, stop=tuple(cfg.sample.stop))
+        params = SamplingParams(n=n, temperature=temperature, top_p=top_p, top_k=top_k, max_tokens=max_tokens, seed=seed, stop=tuple(cfg.sample.stop))
         sampler = get_sampler(cfg.sample.backend)
         table = sampler(model, prompts, params, run.rd.partial(path) / key, model_cfg=cfg.model, batch_size=cfg.sample.batch_size, progress=dest_name, sample_cfg=cfg.sample)
         table, extra = postprocess(table, empty=cfg.sample.empty, duplicates=cfg.sample.duplicates)
@@ -408,7 +411,8 @@ def _eval_responses(run: Run, k: int | None, model: str) -> dict:
     key = key_of(model=run.model_key(model), evaluate=e.model_dump(), model_cfg=cfg.model.model_dump(), prompts=prompts.column("prompt_id").to_pylist(), seed=cfg.run.seed)
     name = "baseline" if k is None else "eval_responses"
     # one seed for policy and baseline: common random numbers lower the win rate's variance
-    return _sample(run, model, prompts, name, k, 1, e.temperature, e.max_tokens, derived_seed(cfg, "eval"), key)
+    return _sample(run, model, prompts, name, k, e.samples_per_prompt, e.temperature, e.max_tokens, derived_seed(cfg, "eval"), key,
+                   top_p=e.top_p, top_k=e.top_k)
 
 
 def eval_judge_name(cfg: Config) -> str:
@@ -520,6 +524,8 @@ def summarize(run: Run) -> dict:
                 "train_loss": ms["train"]["stats"]["train_loss"],
                 "gold_win_rate_vs_sft": ev["win_rate"],
                 "mean_gold_reward": ev.get("mean_gold_reward"),
+                "gold_reward_gain": ev.get("gold_reward_gain"),
+                "gold_reward_gain_ci95": ev.get("gold_reward_gain_ci95"),
                 "mean_length": ev["mean_length"],
                 "mean_reward": ev.get("mean_reward"),
                 "kl_to_reference": ev.get("kl_to_reference"),
