@@ -1,4 +1,4 @@
-"""Small-sample statistics for paired comparisons: Student-t intervals and power.
+"""Small-sample statistics for paired comparisons: Student-t intervals, Holm, power.
 
 Everything an evaluation or a benchmark verdict needs, in pure Python (no scipy in the
 core dependencies):
@@ -8,6 +8,8 @@ core dependencies):
 - :func:`paired_interval` -- mean of paired differences ``d_i = x_i - y_i`` with its
   two-sided ``1 - alpha`` interval ``mean ± t_{1-alpha/2, n-1} * sd / sqrt(n)`` and the
   two-sided p-value of ``mean = 0``.
+- :func:`holm` -- Holm's step-down adjustment of p-values, which keeps the family-wise
+  error rate over several claims at ``alpha``.
 - :func:`detectable_effect` -- the smallest true mean difference a paired t-test with
   ``n`` pairs and standard deviation ``sd`` detects with the given power, from the
   noncentral-t approximation ``delta = (t_{1-alpha/2, n-1} + t_{power, n-1}) * sd / sqrt(n)``.
@@ -133,6 +135,17 @@ def paired_interval(x: Sequence[float], y: Sequence[float], level: float = 0.95)
     half = t_quantile(0.5 + level / 2.0, n - 1) * se
     p = 2.0 * (1.0 - t_cdf(abs(mean) / se, n - 1))
     return PairedInterval(mean, mean - half, mean + half, sd, n, min(1.0, max(0.0, p)), level)
+
+
+def holm(p_values: Sequence[float]) -> list[float]:
+    """Holm's step-down adjusted p-values, in the order given: the i-th smallest p times (m - i + 1), made monotone."""
+    order = sorted(range(len(p_values)), key=lambda i: p_values[i])
+    adjusted = [0.0] * len(p_values)
+    running = 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (len(p_values) - rank) * p_values[i]))
+        adjusted[i] = running
+    return adjusted
 
 
 def detectable_effect(sd: float, n: int, alpha: float = 0.05, power: float = 0.8) -> float:

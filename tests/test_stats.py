@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from iterdpo.stats import betainc, detectable_effect, paired_interval, t_cdf, t_quantile
+from iterdpo.stats import betainc, detectable_effect, holm, paired_interval, t_cdf, t_quantile
 
 # two-sided 95 % critical values of Student's t (any statistics table)
 T_975 = {1: 12.7062, 2: 4.3027, 3: 3.1824, 4: 2.7764, 5: 2.5706, 10: 2.2281, 30: 2.0423, 120: 1.9799}
@@ -74,3 +74,19 @@ def test_detectable_effect_is_the_power_formula():
     # (t_{0.975,9} + t_{0.8,9}) * sd / sqrt(10) = (2.2622 + 0.8834) * 0.5 / 3.1623
     assert detectable_effect(0.5, 10) == pytest.approx((2.2622 + 0.8834) * 0.5 / math.sqrt(10), abs=1e-3)
     assert detectable_effect(0.5, 40) < detectable_effect(0.5, 10)  # more pairs, smaller effects
+
+
+def test_holm_known_example():
+    # m = 4: sorted p 0.01, 0.02, 0.03, 0.04 -> 0.04, 0.06, 0.06 (monotone), 0.06... capped at 1
+    assert holm([0.04, 0.01, 0.03, 0.02]) == pytest.approx([0.06, 0.04, 0.06, 0.06])
+    assert holm([0.5, 0.9]) == pytest.approx([1.0, 1.0])
+    assert holm([]) == []
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.floats(0.0, 1.0), min_size=1, max_size=12))
+def test_holm_is_monotone_bounded_and_never_below_the_raw_p(ps):
+    adj = holm(ps)
+    assert all(a >= p - 1e-12 and a <= 1.0 for a, p in zip(adj, ps))
+    by_p = sorted(range(len(ps)), key=lambda i: ps[i])
+    assert all(adj[by_p[i]] <= adj[by_p[i + 1]] + 1e-12 for i in range(len(ps) - 1))
