@@ -298,7 +298,10 @@ class TrainConfig(_Section):
 
 class EvaluateConfig(_Section):
     num_prompts: int = Field(64, ge=1, description="Held-out prompts evaluated (the first N).")
-    temperature: float = Field(0.7, ge=0.0, description="Sampling temperature of evaluation responses.")
+    temperature: float = Field(0.7, ge=0.0, description="Sampling temperature of evaluation responses (evaluation has its own sampler: nothing is inherited from the sample section).")
+    top_p: float = Field(1.0, gt=0.0, le=1.0, description="Nucleus sampling mass of evaluation responses (not sample.top_p: a training-sampler change must not move the baseline).")
+    top_k: int = Field(50, ge=0, description="Top-k of evaluation responses (0 = off; 50 = sample.top_k's default, so runs that never set it evaluate as before).")
+    samples_per_prompt: int = Field(1, ge=1, description="Answers per held-out prompt on each side; the gain is averaged per prompt, so more samples narrow its interval (prompts stay the unit).")
     max_tokens: int = Field(48, ge=1, description="Maximum new tokens of evaluation responses.")
     judge: JudgeName = Field(
         "auto",

@@ -1,13 +1,24 @@
 """Evaluation: the iteration's policy against a baseline on held-out prompts.
 
-Both policies answer every held-out prompt once with the same sampling seed; a judge
-(any :class:`iterdpo.annotation.Annotator`: gold, a reward model or an LLM judge)
-compares the two answers. Metrics of :func:`compare`:
+Both policies answer every held-out prompt ``evaluate.samples_per_prompt`` times with
+their own sampler settings (``evaluate.temperature/top_p/top_k``, never the training
+sampler's) and the same sampling seed, so answer j of the policy and answer j of the
+baseline to one prompt form a pair (common random numbers); a judge (any
+:class:`iterdpo.annotation.Annotator`: gold, a reward model or an LLM judge) compares the
+two answers of every pair. Metrics of :func:`compare`:
 
 - ``win_rate`` = (wins + 0.5 * ties) / judged pairs (unlabelled verdicts are left out).
 - ``mean_reward`` / ``baseline_mean_reward``: mean score when the judge is a reward model.
 - ``mean_gold_reward`` when a gold reward function is known (the toy task).
-- ``mean_length``: mean response tokens.
+- ``gold_reward_gain`` (the primary metric when gold is known): the mean over prompts of
+  ``g_i = mean_j gold(policy_ij) - mean_j gold(baseline_ij)``, with its paired Student-t
+  95 % interval ``gold_reward_gain_ci95``, standard error, p-value of "no gain", and
+  ``gold_reward_gain_detectable``: the smallest gain this many prompts detect with 80 %
+  power at the measured spread (:mod:`iterdpo.stats`). ``reward_gain`` is the same for a
+  reward-model judge. Prompts are the unit: their samples are averaged first, so several
+  samples per prompt narrow the interval without pretending they are independent prompts.
+- ``mean_length`` / ``baseline_mean_length``: mean response tokens, reported next to the
+  reward because a longer answer can buy reward from a length-biased judge.
 
 Given the answers scored by the policy and its training reference (SCORED tables):
 
@@ -30,6 +41,7 @@ from collections.abc import Callable, Sequence
 import pyarrow as pa
 
 from iterdpo import records
+from iterdpo.stats import detectable_effect, paired_interval
 
 
 def _finite(xs: Sequence[float], ys: Sequence[float]) -> tuple[list[float], list[float]]:
@@ -98,6 +110,29 @@ def _mean(xs: Sequence[float]) -> float:
     return sum(xs) / len(xs) if xs else math.nan
 
 
+def _per_prompt_gain(prompt_ids: Sequence[str], mine: Sequence[float], theirs: Sequence[float]) -> tuple[list[float], list[float]]:
+    """Per prompt, the mean of its samples' scores on each side (prompts in first-seen order)."""
+    sums: dict[str, list[float]] = {}
+    for pid, a, b in zip(prompt_ids, mine, theirs, strict=True):
+        if a is None or b is None or not (math.isfinite(a) and math.isfinite(b)):
+            continue
+        acc = sums.setdefault(pid, [0.0, 0.0, 0])
+        acc[0] += a
+        acc[1] += b
+        acc[2] += 1
+    return [v[0] / v[2] for v in sums.values()], [v[1] / v[2] for v in sums.values()]
+
+
+def gain(prompt_ids: Sequence[str], mine: Sequence[float], theirs: Sequence[float], name: str) -> dict:
+    """``<name>``: paired gain of ``mine`` over ``theirs`` with prompts as the unit, plus its interval fields."""
+    per_mine, per_theirs = _per_prompt_gain(prompt_ids, mine, theirs)
+    interval = paired_interval(per_mine, per_theirs)
+    out = interval.as_dict(name)
+    detectable = detectable_effect(interval.sd, interval.n)
+    out[f"{name}_detectable"] = None if math.isnan(detectable) else detectable
+    return out
+
+
 def compare(
     policy: pa.Table,
     baseline: pa.Table,
@@ -107,23 +142,26 @@ def compare(
     policy_scored: pa.Table | None = None,
     baseline_scored: pa.Table | None = None,
 ) -> dict:
-    """Metrics of ``policy`` against ``baseline`` (COMPLETIONS tables, one answer per prompt).
+    """Metrics of ``policy`` against ``baseline`` (COMPLETIONS tables, one or more answers per prompt).
 
-    ``policy_scored`` / ``baseline_scored``: the same answers scored by the policy and its
-    reference (SCORED tables), for the KL and implicit-reward metrics.
+    Answers pair by ``completion_id`` (``<prompt_id>-<j>``: sample j of a prompt on both
+    sides). ``policy_scored`` / ``baseline_scored``: the same answers scored by the policy
+    and its reference (SCORED tables), for the KL and implicit-reward metrics.
     """
-    base = records.rows_by(baseline, "prompt_id")
-    mine = [r for r in policy.to_pylist() if r["prompt_id"] in base]
+    base = records.rows_by(baseline, "completion_id")
+    mine = [r for r in policy.to_pylist() if r["completion_id"] in base]
     if not mine:
         raise ValueError("policy and baseline answered no common prompt")
-    theirs = [base[r["prompt_id"]] for r in mine]
+    theirs = [base[r["completion_id"]] for r in mine]
     prompts = [r["prompt"] for r in mine]
-    out: dict = {"prompts": len(mine)}
+    prompt_ids = [r["prompt_id"] for r in mine]
+    out: dict = {"prompts": len(set(prompt_ids)), "answers": len(mine)}
     if hasattr(judge, "score"):  # a reward model: score each answer once, compare the scores
         sp = judge.score(prompts, [r["completion"] for r in mine])
         sb = judge.score(prompts, [r["completion"] for r in theirs])
         verdicts: list[float | None] = [p - b for p, b in zip(sp, sb, strict=True)]
         out["mean_reward"], out["baseline_mean_reward"] = _mean(sp), _mean(sb)
+        out.update(gain(prompt_ids, sp, sb, "reward_gain"))
     else:
         verdicts = judge.compare(prompts, [r["completion"] for r in mine], [r["completion"] for r in theirs])
     scored = [v for v in verdicts if v is not None]
@@ -135,8 +173,11 @@ def compare(
         baseline_mean_length=sum(r["num_tokens"] for r in theirs) / len(theirs),
     )
     if gold is not None:
-        out["mean_gold_reward"] = sum(gold(r["prompt"], r["completion"]) for r in mine) / len(mine)
-        out["baseline_mean_gold_reward"] = sum(gold(r["prompt"], r["completion"]) for r in theirs) / len(theirs)
+        gold_mine = [gold(r["prompt"], r["completion"]) for r in mine]
+        gold_theirs = [gold(r["prompt"], r["completion"]) for r in theirs]
+        out["mean_gold_reward"] = sum(gold_mine) / len(mine)
+        out["baseline_mean_gold_reward"] = sum(gold_theirs) / len(theirs)
+        out.update(gain(prompt_ids, gold_mine, gold_theirs, "gold_reward_gain"))
     if policy_scored is not None:
         ps = records.rows_by(policy_scored, "completion_id")
         rows = [ps[r["completion_id"]] for r in mine if r["completion_id"] in ps]

@@ -83,3 +83,31 @@ def test_eval_judge_resolution():
     assert eval_judge_name(load_config(None, ["annotate.annotator=implicit", "evaluate.judge=reward_model"])) == "reward_model"
     with pytest.raises(ConfigError, match="evaluate.judge"):
         eval_judge_name(load_config(None, ["annotate.annotator=human", "model.name_or_path=/some/model"]))
+
+
+def test_compare_pairs_samples_and_reports_the_gold_gain_per_prompt():
+    """Two samples per prompt pair by completion id; the gain averages a prompt's samples first."""
+    prompts = ["Write about the cat and the dog.", "Describe a sun and a moon.", "Tell me of the tree and the road."]
+    texts_mine = [["good kind cat dog", "cat dog"], ["bad sun", "lovely sun moon"], ["the tree road", "tree"]]
+    texts_base = [["bad cat", "cat"], ["lovely sun moon", "sun"], ["the tree road", "road"]]
+
+    def answers(texts):
+        rows = [{"prompt_id": records.prompt_id(p), "completion_id": f"{records.prompt_id(p)}-{j:04d}", "prompt": p,
+                 "completion": t, "num_tokens": len(t.split()), "finish_reason": "stop"}
+                for p, ts in zip(prompts, texts, strict=True) for j, t in enumerate(ts)]
+        return records.from_rows(rows, records.COMPLETIONS)
+
+    mine, base = answers(texts_mine), answers(texts_base)
+    m = compare(mine.take([5, 4, 3, 2, 1, 0]), base, GoldAnnotator(), gold_reward)  # pairing ignores row order
+    assert (m["prompts"], m["answers"], m["judged"]) == (3, 6, 6)
+    per_prompt = [
+        sum(gold_reward(p, a) - gold_reward(p, b) for a, b in zip(tm, tb, strict=True)) / 2
+        for p, tm, tb in zip(prompts, texts_mine, texts_base, strict=True)
+    ]
+    assert m["gold_reward_gain"] == pytest.approx(sum(per_prompt) / 3)
+    low, high = m["gold_reward_gain_ci95"]
+    assert low < m["gold_reward_gain"] < high and m["gold_reward_gain_n"] == 3
+    assert m["gold_reward_gain"] == pytest.approx(m["mean_gold_reward"] - m["baseline_mean_gold_reward"])
+    assert m["gold_reward_gain_detectable"] > 0
+    same = compare(base, base, GoldAnnotator(), gold_reward)  # a policy against itself gains exactly nothing
+    assert same["gold_reward_gain"] == 0.0 and same["gold_reward_gain_ci95"] == [0.0, 0.0]

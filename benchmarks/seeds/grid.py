@@ -19,13 +19,15 @@ The four comparisons, all at equal annotation budget within a comparison:
   "offline" = one training stage on D against the SFT reference with as many epochs as the
   iterative methods have iterations (the same number of passes over D).
 - 000 active reward modelling (Shen et al.): eight strategies x in-prompt / cross-prompt pools.
+- ctl, the positive control: random selection with oracle labels (verdicts.py: it must beat
+  the initial policy by more than 2 standard errors, or the grid is uninformative).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-PAPERS = ("000", "001", "002", "003")
+PAPERS = ("000", "001", "002", "003", "ctl")
 ARM_STRATEGIES = ("dopt", "pa_dopt", "entropy", "maxdiff", "xtx", "coreset", "batchbald", "random")
 ARM_POOLS = ("in_prompt", "cross_prompt")
 APL_STRATEGIES = ("certainty", "entropy", "hybrid", "random")
@@ -171,7 +173,19 @@ def _sera_specs(seed: int, size: dict, world: dict) -> list[Job]:
     return jobs
 
 
-BUILDERS = {"000": _arm_specs, "001": _margin_specs, "002": _apl_specs, "003": _sera_specs}
+def _control_specs(seed: int, size: dict, world: dict) -> list[Job]:
+    """The positive control: random pairs labelled by the oracle (gold), iterative DPO at 001's sizes.
+
+    If this cannot beat the initial policy, no selection strategy can be ranked on the grid.
+    """
+    m = size["margin"]
+    ov = [*world["common"], *world["oracle_labels"], f"run.iterations={m['iterations']}", f"sample.n={m['n']}",
+          f"train.epochs={m['epochs']}", "select.corpus_fraction=0.5", "select.instance=random", "select.corpus=random",
+          f"data.prompts_per_iteration={m['prompts']}"]
+    return [Job([Spec("ctl", "control", "random-oracle", seed, "iterative_dpo", tuple(ov))], cost=3)]
+
+
+BUILDERS = {"000": _arm_specs, "001": _margin_specs, "002": _apl_specs, "003": _sera_specs, "ctl": _control_specs}
 
 
 def build_grid(size: str, seeds: list[int], papers: list[str], world: str) -> list[Job]:

@@ -4,8 +4,9 @@
 - ``summary.csv``: one row per (paper, setting, strategy, metric): mean, se, n over seeds,
   with se = sd / sqrt(n) (sample sd, ddof 1; empty for n = 1).
 - ``results.md``: the same as tables (cells ``mean ± se``), the SeRA grid also pivoted
-  (loss x method rows, noise columns), and per comparison the strategies ranked by its
-  main metric.
+  (loss x method rows, noise columns), per comparison the strategies ranked by its
+  main metric, and the verdicts on ``claims.yaml`` (paired tests over seeds, Holm,
+  power lines, the positive control: ``verdicts.py``).
 - ``<paper>.png``: bars of the main metric (± se) and curves over iterations / rounds.
 """
 
@@ -17,6 +18,7 @@ import math
 from collections import defaultdict
 from pathlib import Path
 
+import verdicts
 from grid import (
     APL_STRATEGIES,
     ARM_POOLS,
@@ -35,6 +37,7 @@ TITLES = {
     "001": "001 margin selection in iterative DPO (Yang et al.): policy after the last iteration",
     "002": "002 active preference learning (Muldrew et al.): policy after the last acquisition step",
     "003": "003 SeRA (Ko et al.): policy after the last iteration",
+    "ctl": "positive control: random selection with oracle (gold) labels, iterative DPO",
 }
 # columns of each paper's tables; the first is the main metric (ranked; +1 higher is better, -1 lower)
 METRICS = {
@@ -42,8 +45,9 @@ METRICS = {
     "001": [("gold_win_rate_vs_sft", 1), ("mean_gold_reward", 1), ("mean_length", 0), ("pairs_trained", 0)],
     "002": [("gold_win_rate_vs_sft", 1), ("mean_gold_reward", 1), ("mean_length", 0), ("pairs_trained", 0)],
     "003": [("gold_win_rate_vs_sft", 1), ("mean_gold_reward", 1), ("sft_implicit_reward_length_pearson", 0), ("mean_length", 0)],
+    "ctl": [("gold_reward_gain", 1), ("gold_win_rate_vs_sft", 1), ("mean_gold_reward", 1), ("mean_length", 0)],
 }
-ORDER = {"000": ARM_STRATEGIES, "001": (*MARGIN_STRATEGIES, *SCHEDULES), "002": APL_STRATEGIES, "003": SERA_METHODS}
+ORDER = {"000": ARM_STRATEGIES, "001": (*MARGIN_STRATEGIES, *SCHEDULES), "002": APL_STRATEGIES, "003": SERA_METHODS, "ctl": ("random-oracle",)}
 
 
 def mean_se(xs: list[float]) -> tuple[float, float, int]:
@@ -115,55 +119,7 @@ def ranking(agg: dict, paper: str, setting: str) -> str:
     return " > ".join(f"{s} {v:.3f}" for s, v in cells)
 
 
-def _gap(agg: dict, a: tuple, b: tuple, sign: int) -> tuple[float, str]:
-    """sign * (mean(a) - mean(b)) and a verdict: 'clear' when it exceeds 2 standard errors
-    of the difference (sqrt(se_a^2 + se_b^2)), 'within noise' when not."""
-    (ma, sa, _), (mb, sb, _) = agg[a], agg[b]
-    d = sign * (ma - mb)
-    se = math.sqrt((0 if math.isnan(sa) else sa) ** 2 + (0 if math.isnan(sb) else sb) ** 2)
-    if se == 0:
-        return d, "n/a (1 seed)"
-    return d, "clear" if abs(d) > 2 * se else "within noise"
-
-
-def claims(agg: dict) -> list[str]:
-    """Each paper's claimed pairwise orderings against the measured means: one table row per
-    pair, 'holds' when the mean difference has the claimed sign."""
-    rows = []  # (paper, setting, better, worse, metric, sign)
-    win = "gold_win_rate_vs_sft"
-    for a, b in (("smallest", "random"), ("random", "largest"), ("smallest", "largest")):
-        rows.append(("001", "margin", a, b, win, 1))
-    for a, b in (("decrease", "constant"), ("constant", "increase"), ("decrease", "increase")):
-        rows.append(("001", "schedule", a, b, win, 1))
-    for a, b in (("certainty", "random"), ("hybrid", "random"), ("certainty", "entropy")):
-        rows.append(("002", "acquisition", a, b, win, 1))
-    for loss in LOSSES:
-        for n in NOISE:
-            for a, b in (("sera", "iterative"), ("iterative", "offline")):
-                rows.append(("003", f"{loss} noise={n}", a, b, win, 1))
-            for b in ("iterative", "offline"):  # SeRA's implicit reward correlates less with length
-                rows.append(("003", f"{loss} noise={n}", "sera", b, "sft_implicit_reward_length_pearson", -1))
-    for pool in ARM_POOLS:
-        for b in ("random", "entropy", "maxdiff", "xtx", "coreset", "batchbald"):
-            for a in ("dopt", "pa_dopt"):
-                rows.append(("000", pool, a, b, "one_minus_spearman", -1))
-                rows.append(("000", pool, a, b, "best_of_n", 1))
-    out = ["| paper | setting | claim | metric | difference | holds | vs noise |", "|---|---|---|---|---|---|---|"]
-    held = total = 0
-    for paper, setting, a, b, metric, sign in rows:
-        ka, kb = (paper, setting, a, metric), (paper, setting, b, metric)
-        if ka not in agg or kb not in agg:
-            continue
-        d, verdict = _gap(agg, ka, kb, sign)
-        total += 1
-        held += d > 0
-        rel = ">" if sign > 0 else "<"
-        out.append(f"| {paper} | {setting} | {a} {rel} {b} | {metric} | {sign * d:+.3f} | {'yes' if d > 0 else '**no**'} | {verdict} |")
-    return [f"{held} of {total} claimed pairwise orderings hold in the means (difference = mean(first) - mean(second); "
-            "'clear' = more than 2 standard errors of the difference).", "", *out]
-
-
-def markdown(agg: dict, meta: dict, missing: list[str]) -> str:
+def markdown(agg: dict, rows: list[dict], meta: dict, missing: list[str]) -> str:
     lines = ["# Seeds harness results", ""]
     extra = f", extra overrides `{' '.join(meta['extra'])}`" if meta.get("extra") else ""
     lines.append(f"size `{meta['size']}`, task `{meta['world']}`{extra}, seeds {meta['seeds']}, {meta['workers']} worker(s); "
@@ -196,7 +152,7 @@ def markdown(agg: dict, meta: dict, missing: list[str]) -> str:
                         cells = [fmt(*agg[k][:2]) if (k := ("003", f"{loss} noise={n}", method, metric)) in agg else "n/a" for n in noise]
                         lines.append(f"| {loss} | {method} | " + " | ".join(cells) + " |")
                 lines.append("")
-    lines += ["## The papers' claims against the measurements", "", *claims(agg), ""]
+    lines += ["## Verdicts on the pre-registered claims", "", *verdicts.markdown(rows, verdicts.load_claims())]
     return "\n".join(lines) + "\n"
 
 
@@ -315,7 +271,7 @@ def write_report(specs: list[Spec], records_dir: Path, out: Path, meta: dict) ->
             w.writerow([p, st, s, m, f"{mean:.6g}", "" if math.isnan(se) else f"{se:.6g}", n])
     walls = [r["wall_seconds"] for r in recs]
     meta = {**meta, "run_wall_seconds_sum": round(sum(walls), 1)}
-    (out / "results.md").write_text(markdown(agg, meta, missing))
+    (out / "results.md").write_text(markdown(agg, rows, meta, missing))
     (out / "meta.json").write_text(json.dumps({**meta, "missing": missing}, indent=1))
     plots(agg, recs, out)
     return agg

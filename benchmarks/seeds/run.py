@@ -156,7 +156,7 @@ def metrics_of(spec: Spec, argv: list[str], summary: dict) -> tuple[dict, list[d
                 "oracle_best_of_n": summary["oracle_best_of_n"], "random_best_of_n": summary["random_best_of_n"]}, curve
     if spec.paper == "003":
         ev = summary["evaluate"]
-        m = {"gold_win_rate_vs_sft": ev["win_rate"], "mean_gold_reward": ev.get("mean_gold_reward"),
+        m = {"gold_win_rate_vs_sft": ev["win_rate"], "mean_gold_reward": ev.get("mean_gold_reward"), "gold_reward_gain": ev.get("gold_reward_gain"),
              "sft_mean_gold_reward": ev.get("baseline_mean_gold_reward"), "mean_length": ev["mean_length"],
              "pairs_trained": float(sum(summary["pairs"]))}
         m.update(length_correlation(argv))
@@ -165,7 +165,7 @@ def metrics_of(spec: Spec, argv: list[str], summary: dict) -> tuple[dict, list[d
     curve = [{"iteration": i["iteration"], "pairs_trained": i["pairs_trained"], "gold_win_rate_vs_sft": i["gold_win_rate_vs_sft"],
               "mean_gold_reward": i["mean_gold_reward"], "mean_length": i["mean_length"]} for i in its]
     last = its[-1]
-    m = {"gold_win_rate_vs_sft": last["gold_win_rate_vs_sft"], "mean_gold_reward": last["mean_gold_reward"],
+    m = {"gold_win_rate_vs_sft": last["gold_win_rate_vs_sft"], "mean_gold_reward": last["mean_gold_reward"], "gold_reward_gain": last.get("gold_reward_gain"),
          "sft_mean_gold_reward": summary.get("baseline_mean_gold_reward"), "mean_length": last["mean_length"],
          # labels bought: iterative DPO trains on each iteration's new pairs; APL (init reset) on all so far
          "pairs_trained": float(sum(i["pairs_trained"] for i in its) if spec.paper != "002" else last["pairs_trained"])}

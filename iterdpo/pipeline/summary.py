@@ -26,6 +26,8 @@ def summarize(run: Run) -> dict:
                 "train_loss": ms["train"]["stats"]["train_loss"],
                 "gold_win_rate_vs_sft": ev["win_rate"],
                 "mean_gold_reward": ev.get("mean_gold_reward"),
+                "gold_reward_gain": ev.get("gold_reward_gain"),
+                "gold_reward_gain_ci95": ev.get("gold_reward_gain_ci95"),
                 "mean_length": ev["mean_length"],
                 "mean_reward": ev.get("mean_reward"),
                 "kl_to_reference": ev.get("kl_to_reference"),

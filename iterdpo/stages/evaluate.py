@@ -1,8 +1,11 @@
 """evaluate: pi_k against pi_0 on held-out prompts (win rate, gold reward, KL, implicit-reward metrics).
 
 Three stages: ``baseline`` (pi_0's answers, once per run), ``eval_responses`` (pi_k's
-answers) and ``evaluate`` (judge + metrics). Both answer sets use one seed: common random
-numbers lower the win rate's variance.
+answers) and ``evaluate`` (judge + metrics). Evaluation samples with its own settings
+(``evaluate.temperature/top_p/top_k/samples_per_prompt``), never the training sampler's, so
+changing how training data is sampled does not move the baseline. Both answer sets use one
+seed: common random numbers pair answer j of pi_k with answer j of pi_0 and lower the
+variance of the paired gain (``gold_reward_gain`` with its 95 % interval) and the win rate.
 """
 
 from __future__ import annotations
@@ -28,14 +31,15 @@ def eval_judge_name(cfg: Config) -> str:
     return name
 
 
-# what evaluation answers depend on: the evaluate section and the sampler's shared settings
-ANSWER_FIELDS = ("evaluate", "model", "run.seed", "sample.backend", "sample.top_p", "sample.top_k", "sample.stop", "sample.batch_size")
+# what evaluation answers depend on: the evaluate section (its own sampler: temperature,
+# top-p, top-k, samples per prompt) and the backend settings shared with sampling
+ANSWER_FIELDS = ("evaluate", "model", "run.seed", "sample.backend", "sample.stop", "sample.batch_size")
 
 
 def _answer(call: Call) -> dict:
     e = call.cfg.evaluate
-    return generate(call, call.model("policy"), call.read("prompts"), n=1, temperature=e.temperature, max_tokens=e.max_tokens,
-                    seed=call.seed("eval"))
+    return generate(call, call.model("policy"), call.read("prompts"), n=e.samples_per_prompt, temperature=e.temperature,
+                    top_p=e.top_p, top_k=e.top_k, max_tokens=e.max_tokens, seed=call.seed("eval"))
 
 
 BASELINE = Stage("baseline", _answer, writes=("completions",), fields=ANSWER_FIELDS,

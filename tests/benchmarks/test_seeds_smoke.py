@@ -35,7 +35,8 @@ def test_smoke_harness_reports_every_strategy_and_resumes(toy_cache, tmp_path):
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
 
     # every strategy row of every comparison, its main metric finite
-    main_metric = {"000": "one_minus_spearman", "001": "gold_win_rate_vs_sft", "002": "gold_win_rate_vs_sft", "003": "gold_win_rate_vs_sft"}
+    main_metric = {"000": "one_minus_spearman", "001": "gold_win_rate_vs_sft", "002": "gold_win_rate_vs_sft", "003": "gold_win_rate_vs_sft",
+                   "ctl": "gold_reward_gain"}
     with (out / "results" / "results.csv").open() as f:
         rows = list(csv.DictReader(f))
     assert all(math.isfinite(float(r["value"])) for r in rows)
