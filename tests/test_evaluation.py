@@ -111,3 +111,23 @@ def test_compare_pairs_samples_and_reports_the_gold_gain_per_prompt():
     assert m["gold_reward_gain_detectable"] > 0
     same = compare(base, base, GoldAnnotator(), gold_reward)  # a policy against itself gains exactly nothing
     assert same["gold_reward_gain"] == 0.0 and same["gold_reward_gain_ci95"] == [0.0, 0.0]
+
+
+def test_evaluation_samples_with_its_own_settings_not_the_training_samplers(toy_cache, tmp_path):
+    """Before: evaluation inherited sample.top_p/top_k, so a training-sampler change moved the baseline."""
+    from iterdpo.config import load_config
+    from iterdpo.pipeline.driver import open_run, run_stage
+    from iterdpo.stages import DEFAULT
+
+    def baseline(name: str, *overrides: str):
+        cfg = load_config(None, [f"run.output_dir={tmp_path}", f"run.name={name}", "evaluate.num_prompts=6",
+                                 "evaluate.max_tokens=8", "evaluate.samples_per_prompt=2", *overrides])
+        manifest = run_stage(open_run(cfg, DEFAULT), "baseline", None)
+        return manifest["key"], records.read_table(tmp_path / name / "baseline" / "completions.parquet")
+
+    key, answers = baseline("plain")
+    key_other, answers_other = baseline("other_sampler", "sample.top_p=0.3", "sample.top_k=3", "sample.temperature=0.2")
+    assert key == key_other and answers.equals(answers_other)
+    assert answers.num_rows == 12  # 6 prompts x 2 samples, paired with the policy's by completion id
+    key_eval, answers_eval = baseline("eval_top_k", "evaluate.top_k=1")  # evaluate's own settings do count
+    assert key_eval != key and not answers_eval.equals(answers)
