@@ -52,19 +52,19 @@ def open_run(cfg: Config, pipeline: Pipeline) -> Run:
 def start_run(cfg: Config, pipeline: Pipeline, track: bool = True, stage: str | None = None) -> tuple[Run, object | None]:
     """Open the run directory and the tracker (rank 0 only, else None; ``track=False``: none).
 
-    In order: every stage's config check (a config without a judge fails here, not after the
-    first training), the preflight (models, tokenizer, judge, servers, writable run directory,
-    disk: :mod:`iterdpo.preflight`; ``stage`` limits it to what one stage needs), the run lock
+    In order: the preflight (models, tokenizer, judge, servers, writable run directory, disk:
+    :mod:`iterdpo.preflight`; ``stage`` limits it to what one stage needs), every stage's
+    config check (a config without a judge fails here, not after the first training), the run lock
     (a second process exits 2 at once), the keys of the finished stages (a changed config
     fails here), and only then rank 0 writes config.yaml, so config.yaml always describes the
     outputs beside it. Nothing is created before the preflight has passed.
     """
     from iterdpo.preflight import preflight
 
+    preflight(cfg, stage=stage)
     for each in pipeline.values():
         if each.check is not None:
             each.check(cfg)
-    preflight(cfg, stage=stage)
     lock = RunLock(cfg.run_dir()).acquire()  # before any heavy import: a second process exits at once
     run = open_run(cfg, pipeline)
     run.lock = lock
