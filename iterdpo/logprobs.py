@@ -14,6 +14,21 @@ Tokenisation contract:
   prompt + response <= ``max_length``.
 - ``logp(y|x) = sum_t log pi(y_t | x, y_<t)`` over response tokens only, accumulated in
   float32 whatever the model's dtype.
+
+Batch invariance in low precision. Scoring computes a row's log-prob in one padded batch,
+training in another, and training's first-step check compares the two. In bfloat16 that
+only holds if a row's result does not depend on the padding around it. Measured on
+SmolLM2-135M-Instruct in bf16 on CPU (32 rows of 5-60 words, ``OMP_NUM_THREADS=1``): with
+PyTorch's SDPA attention a row's summed log-prob moves by up to 0.32 nats (0.45 with 5
+pad tokens, 72 % of rows by more than 1e-3) between batch size 1 and a right-padded batch:
+without padding transformers calls SDPA with ``is_causal`` and no mask, with padding with
+an explicit mask, and the CPU kernels split the key axis into blocks whose size depends on
+the padded length, so the bf16 rounding differs (forcing the mask on every call does not
+help: 0.37-0.50 nats). Position ids and masking are right (eager attention on the same
+batches differs by 6e-5 nats; with no padding at all, 1 and 4 rows agree exactly), and the
+LM head is not the cause (an fp32 head leaves 0.23 nats). Eager attention on CPU is
+padding-invariant, so :func:`attention_implementation` picks it for low-precision CPU
+models; :func:`load_causal_lm` is the one loader scoring and training use.
 """
 
 from __future__ import annotations
@@ -21,6 +36,47 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+
+LOW_PRECISION = ("bfloat16", "float16")
+
+
+def attention_implementation(dtype: str, device_type: str) -> str | None:
+    """The attention kernel for log-probs that must not depend on a row's padding.
+
+    ``"eager"`` for a bfloat16/float16 model on CPU (SDPA's CPU kernels round differently
+    with and without padding, see the module docstring); None (transformers' default, SDPA)
+    otherwise: in float32 the padding effect is ~1e-6 nats, and on CUDA eager attention would
+    store a [B, heads, T, T] tensor per layer (``benchmarks/gpu/check.sh`` measures the SDPA
+    gap there).
+    """
+    return "eager" if dtype in LOW_PRECISION and device_type == "cpu" else None
+
+
+def load_causal_lm(path: str, dtype: str = "float32", device=None, *, move: bool = True):
+    """``AutoModelForCausalLM.from_pretrained`` with the dtype named by ``dtype`` and the
+    padding-invariant attention of :func:`attention_implementation` for ``device`` (None: CPU).
+    ``move=False`` leaves the model where from_pretrained put it (a launcher places it)."""
+    from transformers import AutoModelForCausalLM
+
+    device_type = torch.device(device).type if device is not None else "cpu"
+    attn = attention_implementation(dtype, device_type)
+    kw = {"attn_implementation": attn} if attn else {}
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype), **kw)
+    return model.to(device) if device is not None and move else model
+
+
+def check_tolerance(base: float, dtype: str, num_tokens: torch.Tensor) -> torch.Tensor:
+    """Per-row tolerance [B] of training's first-step check: ``base + num_tokens * eps(dtype) / 128``.
+
+    ``base`` (``train.check_tolerance``) bounds what is independent of length; the second term
+    lets the float rounding of a padding-invariant but not bit-identical computation grow with
+    the number of summed tokens: 6.1e-5 nats per token in bfloat16 (eps 2^-7), 7.6e-6 in
+    float16, 9e-10 in float32. Measured (eager attention on CPU, bf16, batch sizes 1/4/16):
+    at most 6e-5 nats on 5-60-word SmolLM2 rows, 30x under this bound, while a one-space
+    chat-template change moves rows by tenths of a nat (tests/training/test_bf16.py).
+    """
+    eps = torch.finfo(getattr(torch, dtype)).eps
+    return base + num_tokens.float() * (eps / 128)
 
 
 @dataclass

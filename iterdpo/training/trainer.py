@@ -6,7 +6,12 @@ the policy is in memory (one forward + backward per step instead of TRL's policy
 scoring used computes the policy's log-probs, so before the first optimiser step they are
 compared with the log-probs scoring stored for the same model (``policy_*_logps``): a
 difference means scoring and training tokenised differently, and training stops rather
-than optimise against wrong references.
+than optimise against wrong references. Row i may differ by
+``train.check_tolerance + n_i * eps(dtype) / 128`` nats (n_i its response tokens, see
+:func:`iterdpo.logprobs.check_tolerance`); both stages load the model through
+:func:`iterdpo.logprobs.load_causal_lm`, whose attention kernel makes a row's log-prob
+independent of the padding of its batch in bfloat16 too (the 0.86-nat gaps seen on
+SmolLM2 in bf16 came from SDPA's CPU kernels, not from the tokenisation).
 
 Batching. Every optimiser micro-step takes a *global batch* of ``batch_size * W`` pairs
 (W processes); rank r takes its contiguous slice. With ``group_by_length`` the pairs of a
@@ -122,10 +127,10 @@ def train(
     from accelerate import Accelerator
     from accelerate.utils import set_seed
     from tqdm.auto import tqdm
-    from transformers import AutoModelForCausalLM, AutoTokenizer, get_linear_schedule_with_warmup
+    from transformers import AutoTokenizer, get_linear_schedule_with_warmup
 
     from iterdpo import distributed
-    from iterdpo.logprobs import collate, encode
+    from iterdpo.logprobs import collate, encode, load_causal_lm
     from iterdpo.training.losses import LOSSES
 
     dest = Path(dest)
@@ -135,7 +140,8 @@ def train(
     W, R = accelerator.num_processes, accelerator.process_index
     set_seed(seed)
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_path or start_path)
-    model = AutoModelForCausalLM.from_pretrained(start_path, dtype=getattr(torch, model_cfg.dtype))
+    # the loader scoring uses: the same attention kernel, so the start check compares like with like
+    model = load_causal_lm(start_path, model_cfg.dtype, accelerator.device, move=False)
     if cfg.lora_r > 0:
         from peft import get_peft_model
 
@@ -192,10 +198,10 @@ def train(
         if accelerator.is_main_process:
             print(f"[iterdpo] train: resumed from {ckpt} at micro-step {done_steps}/{micro_steps}", flush=True)
 
-    def t(name, idx):
+    def column(name, idx):  # [len(idx)] float32: a PREFERENCES column for these pairs
         return torch.tensor([rows[i][name] for i in idx], dtype=torch.float32, device=accelerator.device)
 
-    from iterdpo.logprobs import sequence_logps
+    from iterdpo.logprobs import check_tolerance, sequence_logps
     from iterdpo.training.losses import implicit_margin
 
     checked = done_steps > 0
@@ -212,15 +218,21 @@ def train(
                 idx, weight = gbatch[:1], 0.0
             batch = collate([enc_c[i] for i in idx] + [enc_r[i] for i in idx], tokenizer.pad_token_id, accelerator.device)
             with accelerator.accumulate(model):
-                out = sequence_logps(model, batch)
+                out = sequence_logps(model, batch)  # chosen rows first, then rejected: [2B]
                 B = len(idx)
-                pc, pr = out.logps[:B], out.logps[B:]
-                lc, lr = out.num_tokens[:B].float(), out.num_tokens[B:].float()
+                policy_chosen_logps, policy_rejected_logps = out.logps[:B], out.logps[B:]
+                chosen_lengths, rejected_lengths = out.num_tokens[:B].float(), out.num_tokens[B:].float()
                 if not checked:
-                    _check_start(pc, pr, t("policy_chosen_logps", idx), t("policy_rejected_logps", idx), cfg.check_tolerance)
+                    _check_start(
+                        out.logps, torch.cat([column("policy_chosen_logps", idx), column("policy_rejected_logps", idx)]),
+                        check_tolerance(cfg.check_tolerance, model_cfg.dtype, out.num_tokens),
+                    )
                     checked = True
-                rc, rr = t("ref_chosen_logps", idx), t("ref_rejected_logps", idx)
-                per_pair = spec.fn(pc, pr, rc, rr, lc, lr, **opts)
+                # the loss's reference log-probs are exactly those scoring stored
+                reference_chosen_logps, reference_rejected_logps = column("ref_chosen_logps", idx), column("ref_rejected_logps", idx)
+                logps = (policy_chosen_logps, policy_rejected_logps, reference_chosen_logps, reference_rejected_logps,
+                         chosen_lengths, rejected_lengths)
+                per_pair = spec.fn(*logps, **opts)
                 loss = per_pair.sum() * (weight * W / len(gbatch))
                 accelerator.backward(loss)
                 if accelerator.sync_gradients:
@@ -228,7 +240,7 @@ def train(
                 optim.step()
                 sched.step()
                 optim.zero_grad(set_to_none=True)  # frees the gradients until the next backward
-            margin = implicit_margin(pc.detach(), pr.detach(), rc, rr, lc, lr, loss=cfg.loss, beta=cfg.beta)
+            margin = implicit_margin(*(x.detach() for x in logps), loss=cfg.loss, beta=cfg.beta)
             stats = torch.stack([per_pair.detach().sum() * weight, (margin > 0).float().sum() * weight])
             stats = accelerator.reduce(stats, reduction="sum")
             losses.append(float(stats[0]) / len(gbatch))
@@ -330,13 +342,15 @@ def _final_margins(accelerator, model, tokenizer, rows, enc_c, enc_r, cfg, progr
             if b >= len(batches):
                 continue
             B = len(idx)
-            pc, pr = out.logps[:B], out.logps[B:]
-            lc, lr = out.num_tokens[:B].float(), out.num_tokens[B:].float()
-            rc = torch.tensor([rows[i]["ref_chosen_logps"] for i in idx], dtype=torch.float32, device=pc.device)
-            rr = torch.tensor([rows[i]["ref_rejected_logps"] for i in idx], dtype=torch.float32, device=pc.device)
-            m = implicit_margin(pc, pr, rc, rr, lc, lr, loss=cfg.loss, beta=cfg.beta)
+            policy_chosen_logps, policy_rejected_logps = out.logps[:B], out.logps[B:]
+            chosen_lengths, rejected_lengths = out.num_tokens[:B].float(), out.num_tokens[B:].float()
+            device = policy_chosen_logps.device
+            reference_chosen_logps = torch.tensor([rows[i]["ref_chosen_logps"] for i in idx], dtype=torch.float32, device=device)
+            reference_rejected_logps = torch.tensor([rows[i]["ref_rejected_logps"] for i in idx], dtype=torch.float32, device=device)
+            margin = implicit_margin(policy_chosen_logps, policy_rejected_logps, reference_chosen_logps, reference_rejected_logps,
+                                     chosen_lengths, rejected_lengths, loss=cfg.loss, beta=cfg.beta)
             for j, i in enumerate(idx):
-                out_rows.append((i, float(m[j]), float(pc[j]), float(pr[j])))
+                out_rows.append((i, float(margin[j]), float(policy_chosen_logps[j]), float(policy_rejected_logps[j])))
     model.train()
     from accelerate.utils import gather_object
 
@@ -346,11 +360,11 @@ def _final_margins(accelerator, model, tokenizer, rows, enc_c, enc_r, cfg, progr
         {
             "chosen_id": rows[i]["chosen_id"],
             "rejected_id": rows[i]["rejected_id"],
-            "margin": m,
-            "policy_chosen_logps": pc,
-            "policy_rejected_logps": pr,
+            "margin": margin,
+            "policy_chosen_logps": policy_chosen_logps,
+            "policy_rejected_logps": policy_rejected_logps,
         }
-        for i, m, pc, pr in gathered
+        for i, margin, policy_chosen_logps, policy_rejected_logps in gathered
     ]
 
 
@@ -383,20 +397,25 @@ def _save_model(accelerator, model, tokenizer, start_path: str, dest: Path, cfg,
     accelerator.wait_for_everyone()
 
 
-def _check_start(pc, pr, stored_c, stored_r, tol: float) -> None:
-    """Stop if the first forward disagrees with the log-probs scoring stored for this model."""
+def _check_start(policy_logps, stored_policy_logps, tolerance) -> None:
+    """Stop if the first forward disagrees with the log-probs scoring stored for this model.
+
+    ``policy_logps`` [N]: this forward's summed log-probs; ``stored_policy_logps`` [N]: the
+    ``policy_*_logps`` scoring stored for the same rows (NaN: not known, skipped);
+    ``tolerance`` [N]: per-row bound (:func:`iterdpo.logprobs.check_tolerance`).
+    """
     import torch
 
-    got = torch.cat([pc.detach(), pr.detach()])
-    want = torch.cat([stored_c, stored_r])
-    known = ~torch.isnan(want)
+    known = ~torch.isnan(stored_policy_logps)
     if not known.any():
         return
-    diff = (got[known] - want[known]).abs().max().item()
-    if diff > tol:
+    diff = (policy_logps.detach() - stored_policy_logps)[known].abs()
+    excess = diff - tolerance[known]
+    worst = int(excess.argmax())
+    if float(excess[worst]) > 0:
         raise TokenisationMismatch(
-            f"training's first forward differs from the scored log-probs by {diff:.4g} nats "
-            f"(tolerance {tol}). Scoring and training must use the same model, tokenizer, chat "
+            f"training's first forward differs from the scored log-probs by {float(diff[worst]):.4g} nats "
+            f"(tolerance {float(tolerance[known][worst]):.4g}). Scoring and training must use the same model, tokenizer, chat "
             "template, max_length and max_prompt_length: check for a tokenizer or chat-template "
             "change between the scoring stage and training."
         )
