@@ -71,9 +71,11 @@ def check_tolerance(base: float, dtype: str, num_tokens: torch.Tensor) -> torch.
     ``base`` (``train.check_tolerance``) bounds what is independent of length; the second term
     lets the float rounding of a padding-invariant but not bit-identical computation grow with
     the number of summed tokens: 6.1e-5 nats per token in bfloat16 (eps 2^-7), 7.6e-6 in
-    float16, 9e-10 in float32. Measured (eager attention on CPU, bf16, batch sizes 1/4/16):
-    at most 6e-5 nats on 5-60-word SmolLM2 rows, 30x under this bound, while a one-space
-    chat-template change moves rows by tenths of a nat (tests/training/test_bf16.py).
+    float16, 9e-10 in float32. Measured in bf16 on CPU with :func:`load_causal_lm` (rows alone vs
+    in padded batches): at most 6e-5 nats on 5-60-word SmolLM2 rows and on the tiny toy model,
+    about 1.7e-6 per token, 35x under the per-token term; a one-space chat-template change
+    (toy) or a one-word system-prompt change (SmolLM2) moves rows by 0.41-0.42 nats, 150x over
+    the bound (tests/training/test_bf16.py).
     """
     eps = torch.finfo(getattr(torch, dtype)).eps
     return base + num_tokens.float() * (eps / 128)

@@ -47,6 +47,7 @@ def test_toy_bf16_passes_the_start_check_and_trains(tiny_model_dir, bf16_pairs, 
 
 
 def test_toy_bf16_check_still_fails_on_a_tokenizer_change(tiny_model_dir, bf16_pairs, tmp_path):
+    """One space more in the chat template: rows move by ~0.4 nats, 150x the check's tolerance."""
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(tiny_model_dir)
@@ -88,18 +89,29 @@ SMOL_WORDS = ("the film was good and the story moved slowly but the actors were 
 
 
 @pytest.fixture(scope="module")
-def smollm2_pairs(smollm2_dir, tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("smol") / "pairs.parquet"
-    records.write_table(make_pairs(smollm2_dir, 16, seed=5, max_words=24, dtype="bfloat16", prompts=SMOL_PROMPTS,
-                                   words=SMOL_WORDS), path)
-    return path
+def smollm2_pairs(smollm2_dir, tmp_path_factory):
+    """``batch_tokens -> pairs file``: the same 16 pairs scored alone (1: every row its own unpadded
+    batch) or in padded length buckets (4096), so that every training batch size below compares
+    rows across different paddings (without the padding-invariant attention: 0.38-0.43 nats)."""
+    cache = {}
+
+    def get(batch_tokens: int) -> Path:
+        if batch_tokens not in cache:
+            path = tmp_path_factory.mktemp("smol") / "pairs.parquet"
+            records.write_table(make_pairs(smollm2_dir, 16, seed=5, max_words=24, dtype="bfloat16", prompts=SMOL_PROMPTS,
+                                           words=SMOL_WORDS, batch_tokens=batch_tokens), path)
+            cache[batch_tokens] = path
+        return cache[batch_tokens]
+
+    return get
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("batch_size", [1, 4, 16])
 def test_smollm2_bf16_passes_the_start_check_and_trains(smollm2_dir, smollm2_pairs, tmp_path, batch_size):
     n = {1: 2, 4: 4, 16: 16}[batch_size]  # 2, 1 and 1 optimiser steps: the check runs on the first
-    pairs = records.read_table(smollm2_pairs).slice(0, n)
+    # training at batch size 1 runs unpadded rows: compare them with padded scoring, and padded training with unpadded scoring
+    pairs = records.read_table(smollm2_pairs(4096 if batch_size == 1 else 1)).slice(0, n)
     cfg = cfg_of(batch_size, "train.learning_rate=1e-5", "model.max_length=256")
     stats = train(pairs, str(smollm2_dir), tmp_path, tokenizer_path=None, model_cfg=cfg.model, cfg=cfg.train, seed=0, progress=None)
     assert stats["steps"] == n // batch_size
@@ -109,13 +121,14 @@ def test_smollm2_bf16_passes_the_start_check_and_trains(smollm2_dir, smollm2_pai
 
 @pytest.mark.slow
 def test_smollm2_bf16_check_still_fails_on_a_tokenizer_change(smollm2_dir, smollm2_pairs, tmp_path):
+    """One word of the system prompt changed: rows move by ~0.4 nats, 150x the check's tolerance."""
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(smollm2_dir)
     assert "named SmolLM" in tok.chat_template
-    tok.chat_template = tok.chat_template.replace("named SmolLM", "called SmolLM")  # one word of the system prompt
+    tok.chat_template = tok.chat_template.replace("named SmolLM", "called SmolLM")
     tok.save_pretrained(tmp_path / "tok")
     cfg = cfg_of(4)
     with pytest.raises(TokenisationMismatch, match="chat-template"):
-        train(records.read_table(smollm2_pairs), str(smollm2_dir), tmp_path / "out", tokenizer_path=str(tmp_path / "tok"),
+        train(records.read_table(smollm2_pairs(1)), str(smollm2_dir), tmp_path / "out", tokenizer_path=str(tmp_path / "tok"),
               model_cfg=cfg.model, cfg=cfg.train, seed=0, progress=None)
