@@ -244,23 +244,128 @@ def token_logps(
     return _TokenLogps.apply(logits, labels, chunk_rows, inplace_grad)
 
 
+class _LinearTokenLogps(torch.autograd.Function):
+    """``log pi(y_n) = (h_n W^T)_{y_n} - logsumexp(h_n W^T)`` for N selected positions, the LM
+    head fused in and chunked over positions, so no [N, V] logits outlive a chunk.
+
+    Forward: per chunk of ``chunk_rows`` positions, logits = ``h W^T`` in the weights' dtype
+    (as the model's own head computes them), then the picked logit and the logsumexp in
+    float32; saved for the backward: ``h`` [N, H] and the logsumexp [N] only. Backward:
+    the chunk's logits are recomputed and ``G = g * (onehot(y) - softmax)`` [c, V] (float32,
+    stored in the weights' dtype like the gradient of the model's own logits) gives
+    ``dL/dh = G W`` and ``dL/dW += G^T h`` (accumulated in float32 over the chunks). Costs one
+    more ``h W^T`` than autograd through the head, and saves the [N, V] logits it would keep
+    and the [N, V] gradient it would build.
+    """
+
+    @staticmethod
+    def forward(ctx, hidden, weight, labels, chunk_rows: int):
+        N = hidden.shape[0]
+        token_logp = torch.empty(N, dtype=torch.float32, device=hidden.device)
+        lse = torch.empty(N, dtype=torch.float32, device=hidden.device)
+        for s in range(0, N, chunk_rows):
+            logits = torch.nn.functional.linear(hidden[s : s + chunk_rows], weight).float()  # [c, V]
+            lse[s : s + chunk_rows] = torch.logsumexp(logits, dim=-1)
+            token_logp[s : s + chunk_rows] = logits.gather(1, labels[s : s + chunk_rows, None]).squeeze(1) - lse[s : s + chunk_rows]
+        ctx.save_for_backward(hidden, weight, labels, lse)
+        ctx.chunk_rows = chunk_rows
+        ctx.mark_non_differentiable(lse)
+        return token_logp, lse
+
+    @staticmethod
+    def backward(ctx, g, _g_lse):
+        hidden, weight, labels, lse = ctx.saved_tensors
+        need_hidden, need_weight = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        grad_hidden = torch.empty_like(hidden) if need_hidden else None
+        grad_weight = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if need_weight else None
+        g = g.float()
+        c = ctx.chunk_rows
+        for s in range(0, hidden.shape[0], c):
+            h, y, gg = hidden[s : s + c], labels[s : s + c, None], g[s : s + c, None]
+            G = torch.nn.functional.linear(h, weight).float()  # [c, V] recomputed
+            G.sub_(lse[s : s + c, None]).exp_().mul_(-gg).scatter_add_(1, y, gg)  # g * (onehot - softmax)
+            G = G.to(weight.dtype)
+            if need_hidden:
+                torch.mm(G, weight, out=grad_hidden[s : s + c])
+            if need_weight:
+                if weight.dtype == torch.float32:
+                    grad_weight.addmm_(G.t(), h)
+                else:
+                    grad_weight.add_(torch.mm(G.t(), h))
+        return grad_hidden, grad_weight.to(weight.dtype) if need_weight else None, None, None
+
+
+def _plain_head_weight(model) -> torch.Tensor | None:
+    """The LM head's weight [V, H] when :func:`sequence_logps` may apply the head itself: a
+    plain bias-free ``nn.Linear`` (not a PEFT-wrapped one), fully present on this rank (a
+    ZeRO-3 partition is not: its parameters carry ``ds_id``), and no logit scaling or
+    soft-capping in the config. None: let the model apply its own head."""
+    inner = model
+    while hasattr(inner, "module") and isinstance(inner.module, torch.nn.Module):  # DDP / DeepSpeed engine
+        inner = inner.module
+    get = getattr(inner, "get_output_embeddings", None)
+    head = get() if callable(get) else None
+    if type(head) is not torch.nn.Linear or head.bias is not None:
+        return None
+    weight = head.weight
+    if hasattr(weight, "ds_id") or weight.dim() != 2 or weight.numel() == 0:
+        return None
+    config = getattr(inner, "config", None)
+    if any(getattr(config, k, None) not in (None, 1.0) for k in ("final_logit_softcapping", "logit_scale", "logits_scaling")):
+        return None
+    return weight
+
+
+def fused_token_logps(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor,
+                      chunk_rows: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """``log pi(label_n)`` [N] float32 and the logsumexp [N] from final hidden states ``hidden``
+    [N, H] and the LM head ``weight`` [V, H], never holding more than ``chunk_rows`` x V logits
+    (default: as many rows as keep a chunk under :data:`CHUNK_ELEMENTS`). See
+    :class:`_LinearTokenLogps`."""
+    if chunk_rows is None:
+        chunk_rows = max(1, CHUNK_ELEMENTS // weight.shape[0])
+    return _LinearTokenLogps.apply(hidden, weight, labels, chunk_rows)
+
+
 def sequence_logps(
     model,
     batch: dict,
     *,
     with_entropy: bool = False,
     with_embedding: bool = False,
+    fused_head: bool = True,
 ) -> LogpOutput:
     """Summed response log-probs of a collated batch (gradients flow if enabled).
 
-    logits[:, t] predicts token t+1, so the log-prob of token t comes from logits[:, t-1];
-    response_mask is shifted the same way. Only positions from the batch's first response
-    token on are scored: ``logits_to_keep`` makes the model apply its LM head (the [B, T, V]
-    output, the largest activation with a real vocabulary) to those positions only, so
-    prompt positions cost neither LM-head FLOPs nor logits memory.
+    logits[:, t] predicts token t+1, so the log-prob of token t comes from position t-1;
+    response_mask is shifted the same way. Two routes to the same numbers:
+
+    - fused (a plain LM head, no entropy wanted): the model runs with ``logits_to_keep=1``
+      and its final hidden states [B, T, H] are gathered at the N response-label positions
+      only, then :func:`fused_token_logps` applies the head chunk by chunk: no padding or
+      prompt position costs LM-head FLOPs, and no [B, T, V] logits exist in forward or
+      backward (at SmolLM2's vocabulary, 49,152, each logit row is 192 KiB in float32).
+    - otherwise (or ``fused_head=False``) the model's own head runs from the batch's first
+      response position on (``logits_to_keep``) and :func:`token_logps` takes the log-probs
+      of its logits.
     """
     ids, resp = batch["input_ids"], batch["response_mask"]
     T = ids.shape[1]
+    weight = _plain_head_weight(model) if fused_head and not with_entropy else None
+    if weight is not None:
+        out = model(input_ids=ids, attention_mask=batch["attention_mask"], output_hidden_states=True, use_cache=False,
+                    logits_to_keep=1)
+        hidden = out.hidden_states[-1]  # [B, T, H], after the final norm: the head's input
+        del out
+        label_mask = resp[:, 1:]  # [B, T-1]: position t-1 predicts response token t
+        rows = label_mask.nonzero()[:, 0]  # [N] batch row of each label
+        token_logp, _ = fused_token_logps(hidden[:, :-1][label_mask], weight, ids[:, 1:][label_mask])
+        logps = torch.zeros(ids.shape[0], dtype=torch.float32, device=ids.device).index_add(0, rows, token_logp)
+        res = LogpOutput(logps=logps, num_tokens=label_mask.sum(-1))
+        if with_embedding:
+            m = resp.unsqueeze(-1).float()
+            res.embedding = (hidden.float() * m).sum(1) / m.sum(1).clamp(min=1)
+        return res
     has = resp.any(-1)
     # first label position of the batch (>= 1: prompts are non-empty); T-1 if no row has a response
     first = int(resp[has].float().argmax(-1).min()) if bool(has.any()) else T - 1
