@@ -134,6 +134,7 @@ def train(
     from iterdpo.training.losses import LOSSES
 
     dest = Path(dest)
+    _return_large_frees_to_os()
     distributed.init()  # the right multi-process state on CPU (see iterdpo.distributed)
     # no cpu= flag: the launcher (use_cpu in the accelerate config) or the hardware decides
     accelerator = Accelerator(gradient_accumulation_steps=cfg.grad_accum)
@@ -281,6 +282,30 @@ def train(
         "final_mean_margin": sum(m) / len(m) if m else math.nan,
         "final_margin_accuracy": sum(x > 0 for x in m) / len(m) if m else math.nan,
     }
+
+
+def _return_large_frees_to_os() -> None:
+    """Make glibc serve every allocation of 128 KiB or more with its own mmap (``M_MMAP_THRESHOLD``).
+
+    By default glibc raises that threshold to the size of each large block freed (up to
+    32 MiB), after which activations and gradients of that size come from the heap and stay
+    resident after they are freed: a training step's RSS then carries the previous step's
+    freed tensors. Measured at SmolLM2's shape (``benchmarks/training_memory.py``, fp32, 2 pairs
+    per step): peak RSS 3,682 MiB above the baseline by default, 3,139 MiB with the fixed
+    threshold. Process-wide and harmless elsewhere (CUDA memory is not malloc'd); a no-op
+    off glibc. The environment variable ``MALLOC_MMAP_THRESHOLD_`` does the same from outside.
+    """
+    import ctypes
+    import ctypes.util
+    import sys
+
+    if not sys.platform.startswith("linux") or "MALLOC_MMAP_THRESHOLD_" in os.environ:
+        return
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.mallopt(-3, 128 * 1024)  # M_MMAP_THRESHOLD (malloc.h): -3
+    except (OSError, AttributeError):  # not glibc (musl has no mallopt)
+        pass
 
 
 # --- checkpoints ---------------------------------------------------------------------
