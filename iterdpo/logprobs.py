@@ -170,6 +170,59 @@ def collate(encoded: list[Encoded], pad_id: int, device: torch.device | str = "c
     }
 
 
+PACK_TOKENS = 512  # a packed row holds at most this many tokens (or one longer sequence)
+
+
+def collate_packed(encoded: list[Encoded], pad_id: int, device: torch.device | str = "cpu",
+                   capacity: int = PACK_TOKENS) -> dict:
+    """Pack sequences end to end into rows instead of padding each to the longest.
+
+    First-fit by decreasing length into rows of at most ``max(capacity, longest)`` tokens,
+    then the rows are right-padded to the longest row. Returns input_ids, position_ids
+    (0, 1, ... restarting at every sequence), response_mask, all [R, S], plus
+    ``sequence_index`` [R, S] (which of the ``len(encoded)`` sequences a token belongs to;
+    -1 on padding) and ``num_sequences``. With ``attention_mask`` absent, transformers turns
+    restarting position ids into a block-diagonal causal mask, so no token attends across
+    sequences (a padding tail is a block of its own, scored by nothing). Padding costs
+    every layer's FLOPs and activations: in 2-pair DPO batches of 4-60-word responses it was
+    30 % of the padded tokens (benchmarks/real_training.md).
+    """
+    lengths = [len(e.input_ids) for e in encoded]
+    cap = max(capacity, max(lengths))
+    rows: list[list[int]] = []
+    loads: list[int] = []
+    for i in sorted(range(len(encoded)), key=lambda i: (-lengths[i], i)):
+        r = next((k for k, load in enumerate(loads) if load + lengths[i] <= cap), None)
+        if r is None:
+            rows.append([])
+            loads.append(0)
+            r = len(rows) - 1
+        rows[r].append(i)
+        loads[r] += lengths[i]
+    R, S = len(rows), max(loads)
+    ids = torch.full((R, S), pad_id, dtype=torch.long)
+    pos = torch.zeros((R, S), dtype=torch.long)
+    resp = torch.zeros((R, S), dtype=torch.bool)
+    seq = torch.full((R, S), -1, dtype=torch.long)
+    for r, members in enumerate(rows):
+        off = 0
+        for i in members:
+            e, n = encoded[i], lengths[i]
+            ids[r, off : off + n] = torch.tensor(e.input_ids, dtype=torch.long)
+            pos[r, off : off + n] = torch.arange(n)
+            resp[r, off + e.prompt_len : off + n] = True
+            seq[r, off : off + n] = i
+            off += n
+        pos[r, off:] = torch.arange(S - off)  # the padding tail: its own block
+    return {
+        "input_ids": ids.to(device),
+        "position_ids": pos.to(device),
+        "response_mask": resp.to(device),
+        "sequence_index": seq.to(device),
+        "num_sequences": len(encoded),
+    }
+
+
 @dataclass
 class LogpOutput:
     logps: torch.Tensor  # [B] float32, sum of response-token log-probs
@@ -351,17 +404,29 @@ def sequence_logps(
     """
     ids, resp = batch["input_ids"], batch["response_mask"]
     T = ids.shape[1]
+    packed = "position_ids" in batch
+    if packed and (with_entropy or with_embedding):
+        raise ValueError("sequence_logps: entropy and embeddings need a padded batch (collate), not a packed one")
     weight = _plain_head_weight(model) if fused_head and not with_entropy else None
-    if weight is not None:
-        out = model(input_ids=ids, attention_mask=batch["attention_mask"], output_hidden_states=True, use_cache=False,
-                    logits_to_keep=1)
-        hidden = out.hidden_states[-1]  # [B, T, H], after the final norm: the head's input
-        del out
-        label_mask = resp[:, 1:]  # [B, T-1]: position t-1 predicts response token t
-        rows = label_mask.nonzero()[:, 0]  # [N] batch row of each label
-        token_logp, _ = fused_token_logps(hidden[:, :-1][label_mask], weight, ids[:, 1:][label_mask])
-        logps = torch.zeros(ids.shape[0], dtype=torch.float32, device=ids.device).index_add(0, rows, token_logp)
-        res = LogpOutput(logps=logps, num_tokens=label_mask.sum(-1))
+    if weight is not None or packed:
+        inputs = {"position_ids": batch["position_ids"]} if packed else {"attention_mask": batch["attention_mask"]}
+        label_mask = resp[:, 1:]  # [R, T-1]: position t-1 predicts response token t
+        if packed:  # the sequence of each label, and the batch size
+            rows, n_rows = batch["sequence_index"][:, 1:][label_mask], batch["num_sequences"]
+        else:
+            rows, n_rows = label_mask.nonzero()[:, 0], ids.shape[0]  # [N] batch row of each label
+        labels = ids[:, 1:][label_mask]  # [N]
+        if weight is not None:
+            out = model(input_ids=ids, **inputs, output_hidden_states=True, use_cache=False, logits_to_keep=1)
+            hidden = out.hidden_states[-1]  # [R, T, H], after the final norm: the head's input
+            del out
+            token_logp, _ = fused_token_logps(hidden[:, :-1][label_mask], weight, labels)
+        else:  # packed, with a head only the model can apply (PEFT-wrapped, ZeRO-3 partitioned)
+            logits = model(input_ids=ids, **inputs, use_cache=False).logits[:, :-1][label_mask]  # [N, V]
+            token_logp, _ = token_logps(logits[None], labels[None])
+            token_logp = token_logp[0]
+        logps = torch.zeros(n_rows, dtype=torch.float32, device=ids.device).index_add(0, rows, token_logp)
+        res = LogpOutput(logps=logps, num_tokens=torch.bincount(rows, minlength=n_rows))
         if with_embedding:
             m = resp.unsqueeze(-1).float()
             res.embedding = (hidden.float() * m).sum(1) / m.sum(1).clamp(min=1)

@@ -130,7 +130,7 @@ def train(
     from transformers import AutoTokenizer, get_linear_schedule_with_warmup
 
     from iterdpo import distributed
-    from iterdpo.logprobs import collate, encode, load_causal_lm
+    from iterdpo.logprobs import collate_packed, encode, load_causal_lm
     from iterdpo.training.losses import LOSSES
 
     dest = Path(dest)
@@ -217,7 +217,8 @@ def train(
             weight = 1.0
             if not idx:  # fewer pairs than ranks in the last batch: join the collectives with weight 0
                 idx, weight = gbatch[:1], 0.0
-            batch = collate([enc_c[i] for i in idx] + [enc_r[i] for i in idx], tokenizer.pad_token_id, accelerator.device)
+            # packed, not padded: padding would cost every layer's FLOPs and activations
+            batch = collate_packed([enc_c[i] for i in idx] + [enc_r[i] for i in idx], tokenizer.pad_token_id, accelerator.device)
             with accelerator.accumulate(model):
                 out = sequence_logps(model, batch)  # chosen rows first, then rejected: [2B]
                 B = len(idx)
