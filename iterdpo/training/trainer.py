@@ -130,7 +130,7 @@ def train(
     from transformers import AutoTokenizer, get_linear_schedule_with_warmup
 
     from iterdpo import distributed
-    from iterdpo.logprobs import collate_packed, encode, load_causal_lm
+    from iterdpo.logprobs import collate, collate_packed, encode, load_causal_lm
     from iterdpo.training.losses import LOSSES
 
     dest = Path(dest)
@@ -205,6 +205,12 @@ def train(
     from iterdpo.logprobs import check_tolerance, sequence_logps
     from iterdpo.training.losses import implicit_margin
 
+    # Packing moves each sequence to another offset of a longer row; in float32 that changes its
+    # log-prob by ~1e-6 nats, in bfloat16 on SmolLM2 by 0.43-0.61 nats (the summation order over
+    # keys shifts and the rounding flips propagate through 30 layers), past the start check, so
+    # low-precision training pads as scoring does.
+    pack = model_cfg.dtype == "float32"
+    collate_batch = collate_packed if pack else collate
     checked = done_steps > 0
     bar = tqdm(total=micro_steps, initial=done_steps, desc=progress, disable=progress is None or not accelerator.is_main_process)
     step = 0
@@ -217,8 +223,8 @@ def train(
             weight = 1.0
             if not idx:  # fewer pairs than ranks in the last batch: join the collectives with weight 0
                 idx, weight = gbatch[:1], 0.0
-            # packed, not padded: padding would cost every layer's FLOPs and activations
-            batch = collate_packed([enc_c[i] for i in idx] + [enc_r[i] for i in idx], tokenizer.pad_token_id, accelerator.device)
+            # float32: packed, not padded (padding costs every layer's FLOPs and activations); see pack
+            batch = collate_batch([enc_c[i] for i in idx] + [enc_r[i] for i in idx], tokenizer.pad_token_id, accelerator.device)
             with accelerator.accumulate(model):
                 out = sequence_logps(model, batch)  # chosen rows first, then rejected: [2B]
                 B = len(idx)
