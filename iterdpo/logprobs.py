@@ -306,7 +306,7 @@ class _LinearTokenLogps(torch.autograd.Function):
     float32; saved for the backward: ``h`` [N, H] and the logsumexp [N] only. Backward:
     the chunk's logits are recomputed and ``G = g * (onehot(y) - softmax)`` [c, V] (float32,
     stored in the weights' dtype like the gradient of the model's own logits) gives
-    ``dL/dh = G W`` and ``dL/dW += G^T h`` (accumulated in float32 over the chunks). Costs one
+    ``dL/dh = G W`` and ``dL/dW += G^T h`` (one in-place addmm per chunk). Costs one
     more ``h W^T`` than autograd through the head, and saves the [N, V] logits it would keep
     and the [N, V] gradient it would build.
     """
@@ -330,7 +330,9 @@ class _LinearTokenLogps(torch.autograd.Function):
         hidden, weight, labels, lse = ctx.saved_tensors
         need_hidden, need_weight = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         grad_hidden = torch.empty_like(hidden) if need_hidden else None
-        grad_weight = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if need_weight else None
+        # the weight's gradient accumulates in the weight's dtype: addmm_ sums each chunk's G^T h in
+        # float32 and rounds once per chunk; a float32 buffer would add 2 bytes per weight in bf16
+        grad_weight = torch.zeros_like(weight) if need_weight else None
         g = g.float()
         c = ctx.chunk_rows
         for s in range(0, hidden.shape[0], c):
@@ -341,11 +343,8 @@ class _LinearTokenLogps(torch.autograd.Function):
             if need_hidden:
                 torch.mm(G, weight, out=grad_hidden[s : s + c])
             if need_weight:
-                if weight.dtype == torch.float32:
-                    grad_weight.addmm_(G.t(), h)
-                else:
-                    grad_weight.add_(torch.mm(G.t(), h))
-        return grad_hidden, grad_weight.to(weight.dtype) if need_weight else None, None, None
+                grad_weight.addmm_(G.t(), h)
+        return grad_hidden, grad_weight, None, None
 
 
 def _plain_head_weight(model) -> torch.Tensor | None:
