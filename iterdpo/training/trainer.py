@@ -20,6 +20,9 @@ of a window are shuffled again, so chosen and rejected of similar lengths share 
 batch (small padding) while the order stays random. The per-rank loss is
 ``sum_i loss_i * W / n_global`` so that the gradient averaged over ranks is the mean over
 the global batch whatever its split (an uneven last batch included).
+In float32 a micro-step's sequences are packed end to end
+(:func:`iterdpo.logprobs.collate_packed`) rather than padded; in bfloat16 they are padded as scoring
+pads them (packing moves bf16 log-probs past the start check).
 
 Resume. Every ``checkpoint_every`` optimiser steps the model, optimiser, scheduler, RNG
 states (``accelerator.save_state``, DeepSpeed-aware) and the step counter go to
