@@ -277,7 +277,7 @@ def preimport() -> None:
         pass
 
 
-def train_ours(d: Path, device: str, batch_size: int, steps: int, warmup: int) -> dict:
+def train_ours(d: Path, device: str, batch_size: int, steps: int, warmup: int, dtype: str = "float32") -> dict:
     import torch
 
     from iterdpo import records
@@ -298,13 +298,13 @@ def train_ours(d: Path, device: str, batch_size: int, steps: int, warmup: int) -
     pairs = records.read_table(d / "pairs.parquet")
     n = (warmup + steps) * batch_size
     cfg = load_config(None, [f"train.batch_size={batch_size}", "train.epochs=1", "train.learning_rate=1e-4",
-                             "train.checkpoint_every=0", "model.max_length=512"])
+                             "train.checkpoint_every=0", "model.max_length=512", f"model.dtype={dtype}"])
     train(pairs.slice(0, n), str(d / "model"), d / "ours_out", tokenizer_path=None, model_cfg=cfg.model, cfg=cfg.train,
           seed=0, progress=None, history=Clock())
     return _timing(marks, warmup, base, device)
 
 
-def train_trl(d: Path, device: str, batch_size: int, steps: int, warmup: int) -> dict:
+def train_trl(d: Path, device: str, batch_size: int, steps: int, warmup: int, dtype: str = "float32") -> dict:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
     from trl import DPOTrainer
@@ -322,7 +322,8 @@ def train_trl(d: Path, device: str, batch_size: int, steps: int, warmup: int) ->
     tok = AutoTokenizer.from_pretrained(d / "model")
     ds = _trl_dataset(d)
     args = _trl_args(d, device, batch_size, warmup + steps)
-    trainer = DPOTrainer(model=AutoModelForCausalLM.from_pretrained(d / "model"), args=args, train_dataset=ds,
+    # weights in ``dtype`` (bf16=False: no autocast), as iterdpo's model.dtype; TRL copies the reference from it
+    trainer = DPOTrainer(model=AutoModelForCausalLM.from_pretrained(d / "model", dtype=getattr(torch, dtype)), args=args, train_dataset=ds,
                          processing_class=tok, callbacks=[Clock()])
     trainer.train()
     return _timing(marks, warmup, base, device)
@@ -352,6 +353,8 @@ def main() -> None:
     p.add_argument("--response-words", default="20,200", help="grouped scoring: min,max words per completion")
     p.add_argument("--skip", default="", help="comma list of parts to skip: pairs,grouped,training")
     p.add_argument("--clock", choices=sorted(CLOCK), default="wall", help="'cpu': process CPU time (shared CPU machines)")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="training weights dtype (both trainers)")
+    p.add_argument("--trl-env", default="", help="extra VAR=VALUE,... for the TRL subprocess only")
     p.add_argument("--workdir")
     p.add_argument("--part", choices=["ours", "trl"], help=argparse.SUPPRESS)
     a = p.parse_args()
@@ -363,7 +366,7 @@ def main() -> None:
     if a.part:  # a training subprocess
         d = Path(a.workdir)
         fn = train_ours if a.part == "ours" else train_trl
-        print("RESULT " + json.dumps(fn(d, a.device, a.batch_size, a.steps, a.warmup)), flush=True)
+        print("RESULT " + json.dumps(fn(d, a.device, a.batch_size, a.steps, a.warmup, a.dtype)), flush=True)
         return
     from transformers.utils import logging as hf_logging
 
@@ -372,7 +375,7 @@ def main() -> None:
     d = Path(a.workdir or tempfile.mkdtemp(prefix="iterdpo-bench-"))
     if not (d / "pairs.parquet").exists():
         build(d, a.hidden, a.layers, max(a.pairs, (a.steps + a.warmup) * a.batch_size), vocab=a.vocab)
-    res = {"clock": a.clock, "device": a.device, "hidden": a.hidden, "layers": a.layers, "batch_size": a.batch_size, "threads": a.threads,
+    res = {"clock": a.clock, "device": a.device, "dtype": a.dtype, "trl_env": a.trl_env, "hidden": a.hidden, "layers": a.layers, "batch_size": a.batch_size, "threads": a.threads,
            "load_avg_start": os.getloadavg()}
     skip = set(a.skip.split(",")) - {""}
     from transformers import AutoModelForCausalLM
@@ -391,8 +394,10 @@ def main() -> None:
     res["training"] = {}
     for part in ("ours", "trl"):
         cmd = [sys.executable, __file__, "--part", part, "--workdir", str(d), "--device", a.device, "--batch-size",
-               str(a.batch_size), "--steps", str(a.steps), "--warmup", str(a.warmup), "--threads", str(a.threads), "--clock", a.clock]
-        out = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": str(a.threads)})
+               str(a.batch_size), "--steps", str(a.steps), "--warmup", str(a.warmup), "--threads", str(a.threads), "--clock", a.clock,
+               "--dtype", a.dtype]
+        extra = dict(kv.split("=", 1) for kv in a.trl_env.split(",") if kv) if part == "trl" else {}
+        out = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": str(a.threads), **extra})
         line = [x for x in out.stdout.splitlines() if x.startswith("RESULT ")]
         if not line:
             raise RuntimeError(f"{part} training failed:\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}")

@@ -14,6 +14,21 @@ Tokenisation contract:
   prompt + response <= ``max_length``.
 - ``logp(y|x) = sum_t log pi(y_t | x, y_<t)`` over response tokens only, accumulated in
   float32 whatever the model's dtype.
+
+Batch invariance in low precision. Scoring computes a row's log-prob in one padded batch,
+training in another, and training's first-step check compares the two. In bfloat16 that
+only holds if a row's result does not depend on the padding around it. Measured on
+SmolLM2-135M-Instruct in bf16 on CPU (32 rows of 5-60 words, ``OMP_NUM_THREADS=1``): with
+PyTorch's SDPA attention a row's summed log-prob moves by up to 0.32 nats (0.45 with 5
+pad tokens, 72 % of rows by more than 1e-3) between batch size 1 and a right-padded batch:
+without padding transformers calls SDPA with ``is_causal`` and no mask, with padding with
+an explicit mask, and the CPU kernels split the key axis into blocks whose size depends on
+the padded length, so the bf16 rounding differs (forcing the mask on every call does not
+help: 0.37-0.50 nats). Position ids and masking are right (eager attention on the same
+batches differs by 6e-5 nats; with no padding at all, 1 and 4 rows agree exactly), and the
+LM head is not the cause (an fp32 head leaves 0.23 nats). Eager attention on CPU is
+padding-invariant, so :func:`attention_implementation` picks it for low-precision CPU
+models; :func:`load_causal_lm` is the one loader scoring and training use.
 """
 
 from __future__ import annotations
@@ -21,6 +36,49 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+
+LOW_PRECISION = ("bfloat16", "float16")
+
+
+def attention_implementation(dtype: str, device_type: str) -> str | None:
+    """The attention kernel for log-probs that must not depend on a row's padding.
+
+    ``"eager"`` for a bfloat16/float16 model on CPU (SDPA's CPU kernels round differently
+    with and without padding, see the module docstring); None (transformers' default, SDPA)
+    otherwise: in float32 the padding effect is ~1e-6 nats, and on CUDA eager attention would
+    store a [B, heads, T, T] tensor per layer (``benchmarks/gpu/check.sh`` measures the SDPA
+    gap there).
+    """
+    return "eager" if dtype in LOW_PRECISION and device_type == "cpu" else None
+
+
+def load_causal_lm(path: str, dtype: str = "float32", device=None, *, move: bool = True):
+    """``AutoModelForCausalLM.from_pretrained`` with the dtype named by ``dtype`` and the
+    padding-invariant attention of :func:`attention_implementation` for ``device`` (None: CPU).
+    ``move=False`` leaves the model where from_pretrained put it (a launcher places it)."""
+    from transformers import AutoModelForCausalLM
+
+    device_type = torch.device(device).type if device is not None else "cpu"
+    attn = attention_implementation(dtype, device_type)
+    kw = {"attn_implementation": attn} if attn else {}
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype), **kw)
+    return model.to(device) if device is not None and move else model
+
+
+def check_tolerance(base: float, dtype: str, num_tokens: torch.Tensor) -> torch.Tensor:
+    """Per-row tolerance [B] of training's first-step check: ``base + num_tokens * eps(dtype) / 128``.
+
+    ``base`` (``train.check_tolerance``) bounds what is independent of length; the second term
+    lets the float rounding of a padding-invariant but not bit-identical computation grow with
+    the number of summed tokens: 6.1e-5 nats per token in bfloat16 (eps 2^-7), 7.6e-6 in
+    float16, 9e-10 in float32. Measured in bf16 on CPU with :func:`load_causal_lm` (rows alone vs
+    in padded batches): at most 6e-5 nats on 5-60-word SmolLM2 rows and on the tiny toy model,
+    about 1.7e-6 per token, 35x under the per-token term; a one-space chat-template change
+    (toy) or a one-word system-prompt change (SmolLM2) moves rows by 0.41-0.42 nats, 150x over
+    the bound (tests/training/test_bf16.py).
+    """
+    eps = torch.finfo(getattr(torch, dtype)).eps
+    return base + num_tokens.float() * (eps / 128)
 
 
 @dataclass
@@ -112,6 +170,59 @@ def collate(encoded: list[Encoded], pad_id: int, device: torch.device | str = "c
     }
 
 
+PACK_TOKENS = 512  # a packed row holds at most this many tokens (or one longer sequence)
+
+
+def collate_packed(encoded: list[Encoded], pad_id: int, device: torch.device | str = "cpu",
+                   capacity: int = PACK_TOKENS) -> dict:
+    """Pack sequences end to end into rows instead of padding each to the longest.
+
+    First-fit by decreasing length into rows of at most ``max(capacity, longest)`` tokens,
+    then the rows are right-padded to the longest row. Returns input_ids, position_ids
+    (0, 1, ... restarting at every sequence), response_mask, all [R, S], plus
+    ``sequence_index`` [R, S] (which of the ``len(encoded)`` sequences a token belongs to;
+    -1 on padding) and ``num_sequences``. With ``attention_mask`` absent, transformers turns
+    restarting position ids into a block-diagonal causal mask, so no token attends across
+    sequences (a padding tail is a block of its own, scored by nothing). Padding costs
+    every layer's FLOPs and activations: in 2-pair DPO batches of 4-60-word responses it was
+    30 % of the padded tokens (benchmarks/real_training.md).
+    """
+    lengths = [len(e.input_ids) for e in encoded]
+    cap = max(capacity, max(lengths))
+    rows: list[list[int]] = []
+    loads: list[int] = []
+    for i in sorted(range(len(encoded)), key=lambda i: (-lengths[i], i)):
+        r = next((k for k, load in enumerate(loads) if load + lengths[i] <= cap), None)
+        if r is None:
+            rows.append([])
+            loads.append(0)
+            r = len(rows) - 1
+        rows[r].append(i)
+        loads[r] += lengths[i]
+    R, S = len(rows), max(loads)
+    ids = torch.full((R, S), pad_id, dtype=torch.long)
+    pos = torch.zeros((R, S), dtype=torch.long)
+    resp = torch.zeros((R, S), dtype=torch.bool)
+    seq = torch.full((R, S), -1, dtype=torch.long)
+    for r, members in enumerate(rows):
+        off = 0
+        for i in members:
+            e, n = encoded[i], lengths[i]
+            ids[r, off : off + n] = torch.tensor(e.input_ids, dtype=torch.long)
+            pos[r, off : off + n] = torch.arange(n)
+            resp[r, off + e.prompt_len : off + n] = True
+            seq[r, off : off + n] = i
+            off += n
+        pos[r, off:] = torch.arange(S - off)  # the padding tail: its own block
+    return {
+        "input_ids": ids.to(device),
+        "position_ids": pos.to(device),
+        "response_mask": resp.to(device),
+        "sequence_index": seq.to(device),
+        "num_sequences": len(encoded),
+    }
+
+
 @dataclass
 class LogpOutput:
     logps: torch.Tensor  # [B] float32, sum of response-token log-probs
@@ -186,23 +297,139 @@ def token_logps(
     return _TokenLogps.apply(logits, labels, chunk_rows, inplace_grad)
 
 
+class _LinearTokenLogps(torch.autograd.Function):
+    """``log pi(y_n) = (h_n W^T)_{y_n} - logsumexp(h_n W^T)`` for N selected positions, the LM
+    head fused in and chunked over positions, so no [N, V] logits outlive a chunk.
+
+    Forward: per chunk of ``chunk_rows`` positions, logits = ``h W^T`` in the weights' dtype
+    (as the model's own head computes them), then the picked logit and the logsumexp in
+    float32; saved for the backward: ``h`` [N, H] and the logsumexp [N] only. Backward:
+    the chunk's logits are recomputed and ``G = g * (onehot(y) - softmax)`` [c, V] (float32,
+    stored in the weights' dtype like the gradient of the model's own logits) gives
+    ``dL/dh = G W`` and ``dL/dW += G^T h`` (one in-place addmm per chunk). Costs one
+    more ``h W^T`` than autograd through the head, and saves the [N, V] logits it would keep
+    and the [N, V] gradient it would build.
+    """
+
+    @staticmethod
+    def forward(ctx, hidden, weight, labels, chunk_rows: int):
+        N = hidden.shape[0]
+        token_logp = torch.empty(N, dtype=torch.float32, device=hidden.device)
+        lse = torch.empty(N, dtype=torch.float32, device=hidden.device)
+        for s in range(0, N, chunk_rows):
+            logits = torch.nn.functional.linear(hidden[s : s + chunk_rows], weight).float()  # [c, V]
+            lse[s : s + chunk_rows] = torch.logsumexp(logits, dim=-1)
+            token_logp[s : s + chunk_rows] = logits.gather(1, labels[s : s + chunk_rows, None]).squeeze(1) - lse[s : s + chunk_rows]
+        ctx.save_for_backward(hidden, weight, labels, lse)
+        ctx.chunk_rows = chunk_rows
+        ctx.mark_non_differentiable(lse)
+        return token_logp, lse
+
+    @staticmethod
+    def backward(ctx, g, _g_lse):
+        hidden, weight, labels, lse = ctx.saved_tensors
+        need_hidden, need_weight = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        grad_hidden = torch.empty_like(hidden) if need_hidden else None
+        # the weight's gradient accumulates in the weight's dtype: addmm_ sums each chunk's G^T h in
+        # float32 and rounds once per chunk; a float32 buffer would add 2 bytes per weight in bf16
+        grad_weight = torch.zeros_like(weight) if need_weight else None
+        g = g.float()
+        c = ctx.chunk_rows
+        for s in range(0, hidden.shape[0], c):
+            h, y, gg = hidden[s : s + c], labels[s : s + c, None], g[s : s + c, None]
+            G = torch.nn.functional.linear(h, weight).float()  # [c, V] recomputed
+            G.sub_(lse[s : s + c, None]).exp_().mul_(-gg).scatter_add_(1, y, gg)  # g * (onehot - softmax)
+            G = G.to(weight.dtype)
+            if need_hidden:
+                torch.mm(G, weight, out=grad_hidden[s : s + c])
+            if need_weight:
+                grad_weight.addmm_(G.t(), h)
+        return grad_hidden, grad_weight, None, None
+
+
+def _plain_head_weight(model) -> torch.Tensor | None:
+    """The LM head's weight [V, H] when :func:`sequence_logps` may apply the head itself: a
+    plain bias-free ``nn.Linear`` (not a PEFT-wrapped one), fully present on this rank (a
+    ZeRO-3 partition is not: its parameters carry ``ds_id``), and no logit scaling or
+    soft-capping in the config. None: let the model apply its own head."""
+    inner = model
+    while hasattr(inner, "module") and isinstance(inner.module, torch.nn.Module):  # DDP / DeepSpeed engine
+        inner = inner.module
+    get = getattr(inner, "get_output_embeddings", None)
+    head = get() if callable(get) else None
+    if type(head) is not torch.nn.Linear or head.bias is not None:
+        return None
+    weight = head.weight
+    if hasattr(weight, "ds_id") or weight.dim() != 2 or weight.numel() == 0:
+        return None
+    config = getattr(inner, "config", None)
+    if any(getattr(config, k, None) not in (None, 1.0) for k in ("final_logit_softcapping", "logit_scale", "logits_scaling")):
+        return None
+    return weight
+
+
+def fused_token_logps(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor,
+                      chunk_rows: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """``log pi(label_n)`` [N] float32 and the logsumexp [N] from final hidden states ``hidden``
+    [N, H] and the LM head ``weight`` [V, H], never holding more than ``chunk_rows`` x V logits
+    (default: as many rows as keep a chunk under :data:`CHUNK_ELEMENTS`). See
+    :class:`_LinearTokenLogps`."""
+    if chunk_rows is None:
+        chunk_rows = max(1, CHUNK_ELEMENTS // weight.shape[0])
+    return _LinearTokenLogps.apply(hidden, weight, labels, chunk_rows)
+
+
 def sequence_logps(
     model,
     batch: dict,
     *,
     with_entropy: bool = False,
     with_embedding: bool = False,
+    fused_head: bool = True,
 ) -> LogpOutput:
     """Summed response log-probs of a collated batch (gradients flow if enabled).
 
-    logits[:, t] predicts token t+1, so the log-prob of token t comes from logits[:, t-1];
-    response_mask is shifted the same way. Only positions from the batch's first response
-    token on are scored: ``logits_to_keep`` makes the model apply its LM head (the [B, T, V]
-    output, the largest activation with a real vocabulary) to those positions only, so
-    prompt positions cost neither LM-head FLOPs nor logits memory.
+    logits[:, t] predicts token t+1, so the log-prob of token t comes from position t-1;
+    response_mask is shifted the same way. Two routes to the same numbers:
+
+    - fused (a plain LM head, no entropy wanted): the model runs with ``logits_to_keep=1``
+      and its final hidden states [B, T, H] are gathered at the N response-label positions
+      only, then :func:`fused_token_logps` applies the head chunk by chunk: no padding or
+      prompt position costs LM-head FLOPs, and no [B, T, V] logits exist in forward or
+      backward (at SmolLM2's vocabulary, 49,152, each logit row is 192 KiB in float32).
+    - otherwise (or ``fused_head=False``) the model's own head runs from the batch's first
+      response position on (``logits_to_keep``) and :func:`token_logps` takes the log-probs
+      of its logits.
     """
     ids, resp = batch["input_ids"], batch["response_mask"]
     T = ids.shape[1]
+    packed = "position_ids" in batch
+    if packed and (with_entropy or with_embedding):
+        raise ValueError("sequence_logps: entropy and embeddings need a padded batch (collate), not a packed one")
+    weight = _plain_head_weight(model) if fused_head and not with_entropy else None
+    if weight is not None or packed:
+        inputs = {"position_ids": batch["position_ids"]} if packed else {"attention_mask": batch["attention_mask"]}
+        label_mask = resp[:, 1:]  # [R, T-1]: position t-1 predicts response token t
+        if packed:  # the sequence of each label, and the batch size
+            rows, n_rows = batch["sequence_index"][:, 1:][label_mask], batch["num_sequences"]
+        else:
+            rows, n_rows = label_mask.nonzero()[:, 0], ids.shape[0]  # [N] batch row of each label
+        labels = ids[:, 1:][label_mask]  # [N]
+        if weight is not None:
+            out = model(input_ids=ids, **inputs, output_hidden_states=True, use_cache=False, logits_to_keep=1)
+            hidden = out.hidden_states[-1]  # [R, T, H], after the final norm: the head's input
+            del out
+            token_logp, _ = fused_token_logps(hidden[:, :-1][label_mask], weight, labels)
+        else:  # packed, with a head only the model can apply (PEFT-wrapped, ZeRO-3 partitioned)
+            logits = model(input_ids=ids, **inputs, use_cache=False).logits[:, :-1][label_mask]  # [N, V]
+            token_logp, _ = token_logps(logits[None], labels[None])
+            token_logp = token_logp[0]
+        logps = torch.zeros(n_rows, dtype=torch.float32, device=ids.device).index_add(0, rows, token_logp)
+        res = LogpOutput(logps=logps, num_tokens=torch.bincount(rows, minlength=n_rows))
+        if with_embedding:
+            m = resp.unsqueeze(-1).float()
+            res.embedding = (hidden.float() * m).sum(1) / m.sum(1).clamp(min=1)
+        return res
     has = resp.any(-1)
     # first label position of the batch (>= 1: prompts are non-empty); T-1 if no row has a response
     first = int(resp[has].float().argmax(-1).min()) if bool(has.any()) else T - 1

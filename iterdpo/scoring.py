@@ -44,11 +44,11 @@ LOGP_SHARD = pa.schema([("logp", pa.float64()), ("num_tokens", pa.int32())])
 
 
 def load_model(path: str, dtype: str = "float32", device=None):
-    import torch
-    from transformers import AutoModelForCausalLM
+    """The scoring model: :func:`iterdpo.logprobs.load_causal_lm` (the loader training uses too,
+    so both run the same attention kernel and a row's log-prob does not depend on its batch)."""
+    from iterdpo.logprobs import load_causal_lm
 
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype))
-    return model.to(device) if device is not None else model
+    return load_causal_lm(path, dtype, device)
 
 
 def _device():

@@ -8,6 +8,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from iterdpo.logprobs import (
+    Encoded,
     collate,
     encode,
     length_buckets,
@@ -142,3 +143,85 @@ def test_length_buckets_partition_under_budget(lengths, budget, max_batch, max_p
                 assert max(lengths[i] for i in b) * len(b) <= (1 + max_pad) * sum(lengths[i] for i in b) + 1e-9
         if max_batch:
             assert len(b) <= max_batch
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_fused_head_equals_the_models_own_head_values_and_gradients(dtype):
+    """The fused, chunked LM head (no [B, T, V] logits) against the model's head + token_logps:
+    same log-probs and the same gradient for every parameter, in float32 and bfloat16."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=300, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2,
+                      num_key_value_heads=1, tie_word_embeddings=True)
+    model = LlamaForCausalLM(cfg).to(dtype)
+    encs = [Encoded(input_ids=torch.randint(1, 300, (n,)).tolist(), prompt_len=p) for n, p in ((12, 4), (20, 9), (7, 6), (15, 2))]
+    batch = collate(encs, pad_id=0)
+    weight = torch.randn(4)
+    grads = {}
+    for fused in (True, False):
+        model.zero_grad()
+        out = sequence_logps(model, batch, fused_head=fused)
+        (out.logps * weight).sum().backward()
+        grads[fused] = ({k: p.grad.float().clone() for k, p in model.named_parameters()}, out.logps.detach(), out.num_tokens)
+    (g_fused, lp_fused, n_fused), (g_plain, lp_plain, n_plain) = grads[True], grads[False]
+    assert n_fused.tolist() == n_plain.tolist() == [8, 11, 1, 13]
+    exact = dtype == torch.float32
+    torch.testing.assert_close(lp_fused, lp_plain, atol=1e-5 if exact else 1e-3, rtol=0)
+    for k in g_plain:
+        scale = g_plain[k].abs().max().item()
+        torch.testing.assert_close(g_fused[k], g_plain[k], atol=(1e-5 if exact else 2e-2) * max(scale, 1e-3), rtol=0, msg=k)
+
+
+def test_fused_head_chunks_agree():
+    from iterdpo.logprobs import fused_token_logps
+
+    torch.manual_seed(1)
+    hidden, weight = torch.randn(10, 8, requires_grad=True), torch.randn(30, 8, requires_grad=True)
+    labels = torch.randint(0, 30, (10,))
+    results = []
+    for chunk in (1, 3, 10):
+        lp, lse = fused_token_logps(hidden, weight, labels, chunk_rows=chunk)
+        gh, gw = torch.autograd.grad(lp.sum(), (hidden, weight))
+        results.append((lp, lse, gh, gw))
+    want = torch.log_softmax(hidden @ weight.T, -1).gather(1, labels[:, None]).squeeze(1)
+    for lp, lse, gh, gw in results:
+        torch.testing.assert_close(lp, want, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(lse, torch.logsumexp(hidden @ weight.T, -1), atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(gh, results[0][2], atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(gw, results[0][3], atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("capacity", [1, 40, 512])
+def test_packed_batches_equal_padded_ones_values_and_gradients(dtype, capacity):
+    """Sequences packed end to end (restarting position ids, block-diagonal attention) give the
+    padded batch's log-probs and gradients; capacity 1 = one sequence per row, 40 = several rows."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from iterdpo.logprobs import collate_packed, load_causal_lm
+
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=300, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2,
+                      num_key_value_heads=1, tie_word_embeddings=True)
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as d:
+        LlamaForCausalLM(cfg).save_pretrained(d)
+        model = load_causal_lm(d, "float32" if dtype == torch.float32 else "bfloat16")
+    encs = [Encoded(input_ids=torch.randint(1, 300, (n,)).tolist(), prompt_len=p) for n, p in ((12, 4), (20, 9), (7, 6), (15, 2), (3, 2))]
+    weight = torch.randn(5)
+    got = {}
+    for name, batch in (("padded", collate(encs, pad_id=0)), ("packed", collate_packed(encs, pad_id=0, capacity=capacity))):
+        model.zero_grad()
+        out = sequence_logps(model, batch)
+        (out.logps * weight).sum().backward()
+        got[name] = (out.logps.detach(), out.num_tokens, {k: p.grad.float().clone() for k, p in model.named_parameters()})
+    if capacity == 40:
+        assert collate_packed(encs, pad_id=0, capacity=40)["input_ids"].shape == (2, 38)  # first fit: 20+15+3 | 12+7
+    exact = dtype == torch.float32
+    assert got["packed"][1].tolist() == got["padded"][1].tolist() == [8, 11, 1, 13, 1]
+    torch.testing.assert_close(got["packed"][0], got["padded"][0], atol=1e-5 if exact else 1e-3, rtol=0)
+    for k, g in got["padded"][2].items():
+        scale = max(g.abs().max().item(), 1e-3)
+        torch.testing.assert_close(got["packed"][2][k], g, atol=(1e-5 if exact else 2e-2) * scale, rtol=0, msg=k)

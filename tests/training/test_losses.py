@@ -23,14 +23,14 @@ def T(*xs):
 
 def loss_at_h(name: str, h: float, beta: float, **kw) -> float:
     """Loss with the policy's chosen log-prob moved by h (so the IRM/beta is h), other terms fixed."""
-    pc, pr, rc, rr, lc, lr = T(-10.0 + h, -10.0, -10.0, -10.0, 1, 1)
-    return float(LOSSES[name].fn(pc, pr, rc, rr, lc, lr, beta=beta, **{**OPTS, **kw}))
+    policy_chosen_logps, policy_rejected_logps, reference_chosen_logps, reference_rejected_logps, chosen_lengths, rejected_lengths = T(-10.0 + h, -10.0, -10.0, -10.0, 1, 1)
+    return float(LOSSES[name].fn(policy_chosen_logps, policy_rejected_logps, reference_chosen_logps, reference_rejected_logps, chosen_lengths, rejected_lengths, beta=beta, **{**OPTS, **kw}))
 
 
-@given(beta=betas, pc=finite, rc=finite, lc=lengths)
-def test_dpo_at_zero_margin_is_log2(beta, pc, rc, lc):
+@given(beta=betas, policy_chosen_logps=finite, reference_chosen_logps=finite, chosen_lengths=lengths)
+def test_dpo_at_zero_margin_is_log2(beta, policy_chosen_logps, reference_chosen_logps, chosen_lengths):
     # h = 0 whenever chosen and rejected have the same log-ratio
-    args = T(pc, pc, rc, rc, lc, lc + 3)
+    args = T(policy_chosen_logps, policy_chosen_logps, reference_chosen_logps, reference_chosen_logps, chosen_lengths, chosen_lengths + 3)
     assert float(LOSSES["dpo"].fn(*args, beta=beta)) == pytest.approx(math.log(2), abs=1e-12)
 
 
@@ -68,42 +68,42 @@ def test_ipo_decreases_toward_its_target(beta, h):
         assert loss_at_h("ipo", min(h + 0.1, target), beta) <= loss_at_h("ipo", h, beta) + 1e-9
 
 
-@given(beta=betas, pc=finite, pr=finite, rc=finite, rr=finite, lc=lengths, lr=lengths, gamma=st.floats(0, 2))
-def test_simpo_ignores_reference(beta, pc, pr, rc, rr, lc, lr, gamma):
-    a = LOSSES["simpo"].fn(*T(pc, pr, rc, rr, lc, lr), beta=beta, simpo_gamma=gamma)
-    b = LOSSES["simpo"].fn(*T(pc, pr, math.nan, math.nan, lc, lr), beta=beta, simpo_gamma=gamma)
+@given(beta=betas, policy_chosen_logps=finite, policy_rejected_logps=finite, reference_chosen_logps=finite, reference_rejected_logps=finite, chosen_lengths=lengths, rejected_lengths=lengths, gamma=st.floats(0, 2))
+def test_simpo_ignores_reference(beta, policy_chosen_logps, policy_rejected_logps, reference_chosen_logps, reference_rejected_logps, chosen_lengths, rejected_lengths, gamma):
+    a = LOSSES["simpo"].fn(*T(policy_chosen_logps, policy_rejected_logps, reference_chosen_logps, reference_rejected_logps, chosen_lengths, rejected_lengths), beta=beta, simpo_gamma=gamma)
+    b = LOSSES["simpo"].fn(*T(policy_chosen_logps, policy_rejected_logps, math.nan, math.nan, chosen_lengths, rejected_lengths), beta=beta, simpo_gamma=gamma)
     assert float(a) == float(b)
     assert not LOSSES["simpo"].needs_reference
 
 
 @pytest.mark.parametrize("name", ["cdpo", "rdpo"])
-@given(beta=betas, pc=finite, pr=finite, rc=finite, rr=finite)
-def test_smoothing_zero_is_dpo(name, beta, pc, pr, rc, rr):
-    args = T(pc, pr, rc, rr, 1, 1)
+@given(beta=betas, policy_chosen_logps=finite, policy_rejected_logps=finite, reference_chosen_logps=finite, reference_rejected_logps=finite)
+def test_smoothing_zero_is_dpo(name, beta, policy_chosen_logps, policy_rejected_logps, reference_chosen_logps, reference_rejected_logps):
+    args = T(policy_chosen_logps, policy_rejected_logps, reference_chosen_logps, reference_rejected_logps, 1, 1)
     want = LOSSES["dpo"].fn(*args, beta=beta)
     got = LOSSES[name].fn(*args, beta=beta, label_smoothing=0.0)
     assert float(got) == pytest.approx(float(want), rel=1e-12, abs=1e-12)
 
 
-@given(beta=betas, pc=finite, pr=finite, rc=finite, rr=finite, lc=lengths, lr=lengths)
-def test_ipo_per_token_uses_means(beta, pc, pr, rc, rr, lc, lr):
-    got = LOSSES["ipo"].fn(*T(pc, pr, rc, rr, lc, lr), beta=beta, ipo_per_token=True)
-    h = (pc - rc) / lc - (pr - rr) / lr
+@given(beta=betas, policy_chosen_logps=finite, policy_rejected_logps=finite, reference_chosen_logps=finite, reference_rejected_logps=finite, chosen_lengths=lengths, rejected_lengths=lengths)
+def test_ipo_per_token_uses_means(beta, policy_chosen_logps, policy_rejected_logps, reference_chosen_logps, reference_rejected_logps, chosen_lengths, rejected_lengths):
+    got = LOSSES["ipo"].fn(*T(policy_chosen_logps, policy_rejected_logps, reference_chosen_logps, reference_rejected_logps, chosen_lengths, rejected_lengths), beta=beta, ipo_per_token=True)
+    h = (policy_chosen_logps - reference_chosen_logps) / chosen_lengths - (policy_rejected_logps - reference_rejected_logps) / rejected_lengths
     assert float(got) == pytest.approx((h - 1 / (2 * beta)) ** 2, rel=1e-9, abs=1e-9)
 
 
 def test_every_loss_has_a_formula_docstring_and_batches():
     B = 5
     g = torch.Generator().manual_seed(0)
-    pc, pr, rc, rr = (torch.randn(B, generator=g) * 5 - 20 for _ in range(4))
-    lc = lr = torch.full((B,), 7.0)
+    policy_chosen_logps, policy_rejected_logps, reference_chosen_logps, reference_rejected_logps = (torch.randn(B, generator=g) * 5 - 20 for _ in range(4))
+    chosen_lengths = rejected_lengths = torch.full((B,), 7.0)
     for name, spec in LOSSES.items():
         assert spec.fn.__doc__ and ("log" in spec.fn.__doc__ or "max" in spec.fn.__doc__), name
-        out = spec.fn(pc, pr, rc, rr, lc, lr, beta=0.1, **OPTS)
+        out = spec.fn(policy_chosen_logps, policy_rejected_logps, reference_chosen_logps, reference_rejected_logps, chosen_lengths, rejected_lengths, beta=0.1, **OPTS)
         assert out.shape == (B,) and torch.isfinite(out).all(), name
 
 
 def test_implicit_margin():
-    pc, pr, rc, rr, lc, lr = T(-5, -9, -6, -7, 2, 4)
-    assert float(implicit_margin(pc, pr, rc, rr, lc, lr, loss="dpo", beta=0.5)) == pytest.approx(0.5 * ((1) - (-2)))
-    assert float(implicit_margin(pc, pr, rc, rr, lc, lr, loss="simpo", beta=2.0)) == pytest.approx(2.0 * (-2.5 + 2.25))
+    policy_chosen_logps, policy_rejected_logps, reference_chosen_logps, reference_rejected_logps, chosen_lengths, rejected_lengths = T(-5, -9, -6, -7, 2, 4)
+    assert float(implicit_margin(policy_chosen_logps, policy_rejected_logps, reference_chosen_logps, reference_rejected_logps, chosen_lengths, rejected_lengths, loss="dpo", beta=0.5)) == pytest.approx(0.5 * ((1) - (-2)))
+    assert float(implicit_margin(policy_chosen_logps, policy_rejected_logps, reference_chosen_logps, reference_rejected_logps, chosen_lengths, rejected_lengths, loss="simpo", beta=2.0)) == pytest.approx(2.0 * (-2.5 + 2.25))
