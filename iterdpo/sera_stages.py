@@ -52,8 +52,12 @@ def offline(run: loop.Run) -> dict:
                                noise=s.offline_noise, size=s.offline_size)
             path.write_text("".join(json.dumps(r) + "\n" for r in rows))
         else:
-            path = Path(s.offline)
+            from iterdpo.real.reviews import resolve  # the 'reviews' shorthand
+
+            path = Path(resolve(s.offline, "offline"))
         table = records.load_preferences(path)
+        if s.offline == "reviews":  # a built-in set: offline_size applies as for toy / world
+            table = table.slice(0, s.offline_size)
         records.write_table(table, tmp / "pairs.parquet")
         return {"pairs": table.num_rows, "prompts": pc.count_distinct(table.column("prompt_id")).as_py()}
 

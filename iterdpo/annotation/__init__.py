@@ -65,7 +65,9 @@ def get_annotator(name: str, cfg=None, *, run_dir=None, iteration: int | None = 
 
         if not cfg.reward_model:
             raise ValueError("annotate.reward_model: set it to the reward model's folder for annotator 'reward_model'")
-        return RewardModelAnnotator(cfg.reward_model, batch_tokens=cfg.rm_batch_tokens, max_length=cfg.rm_max_length, dtype=cfg.rm_dtype)
+        from iterdpo.real.reviews import resolve  # the 'reviews' shorthand
+
+        return RewardModelAnnotator(resolve(cfg.reward_model, "reward_model"), batch_tokens=cfg.rm_batch_tokens, max_length=cfg.rm_max_length, dtype=cfg.rm_dtype)
     if name == "judge":
         from iterdpo.annotation.judge import JudgeAnnotator
 
