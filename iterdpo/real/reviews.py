@@ -25,7 +25,7 @@ name scores near the maximum (1.5); AFINN ignores negation ("not bad" counts as 
 and then writing about anything else passes.
 
 Annotator (differs from gold): ``annotate.reward_model: reviews`` is a small
-bidirectional transformer classifier (a 2-layer BERT, hidden 128, on SmolLM2's tokenizer)
+bidirectional transformer classifier (a 2-layer BERT, hidden 64, with its own 1,024-token BPE)
 regressed on the gold rewards of seeded *synthetic* reviews (templated sentences with
 positive, negative and neutral words, off-topic items and repeated sentences), never on the
 policy's own samples: like a real reward model it sees another distribution than the one it
@@ -220,36 +220,41 @@ def offline_pairs(prompts: list[dict], *, seed: int, per_prompt: int = 1) -> lis
 # --- the reward model ------------------------------------------------------------------------
 
 
-def build_reward_model(tokenizer_dir: str | Path, dest: Path, *, seed: int = 0, examples: int = 8000,
-                       steps: int = 500, batch: int = 64, lr: float = 1e-3) -> dict:
+def build_reward_model(dest: Path, *, seed: int = 0, examples: int = 8000, steps: int = 400, batch: int = 64,
+                       lr: float = 2e-3) -> dict:
     """Regress a small BERT classifier on the gold rewards of synthetic reviews; save it to ``dest``.
 
-    Texts are rendered as the reward-model annotator renders them for a tokenizer without a
-    chat template: ``prompt + "\\n" + response``. Returns the fit's stats, including the
-    pairwise agreement with gold on held-out synthetic pairs.
+    Its own byte-level BPE tokenizer (1,024 tokens, trained on the synthetic reviews and the
+    prompts; any text still tokenises) has no chat template, so the annotator scores
+    ``prompt + "\n" + response``, as here. Returns the fit's stats, including the pairwise
+    agreement with gold on held-out synthetic pairs.
     """
     import torch
-    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
+    from transformers import BertConfig, BertForSequenceClassification
+
+    from iterdpo.toy.build import build_tokenizer
 
     torch.manual_seed(seed)
     rng = random.Random(seed)
-    tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir))
-    tokenizer.chat_template = None  # the annotator then scores "prompt\nresponse" with no system prompt
     train, _ = split_prompts()
     rows = []
     for _ in range(examples):
         p = rng.choice(train)
         y = synthetic_review(rng, p["item"])
         rows.append((p["prompt"] + "\n" + y, gold_reward(p["prompt"], y)))
+    tokenizer = build_tokenizer([t for t, _ in rows[:3000]], vocab_size=1024)
+    tokenizer.chat_template = None  # the annotator then scores "prompt\nresponse"
+    tokenizer.padding_side = "right"
     cut = int(0.9 * len(rows))
     fit, held = rows[:cut], rows[cut:]
-    cfg = BertConfig(vocab_size=len(tokenizer), hidden_size=128, num_hidden_layers=2, num_attention_heads=4,
-                     intermediate_size=256, max_position_embeddings=512, num_labels=1,
+    cfg = BertConfig(vocab_size=len(tokenizer), hidden_size=64, num_hidden_layers=2, num_attention_heads=2,
+                     intermediate_size=128, max_position_embeddings=512, num_labels=1,
                      pad_token_id=tokenizer.pad_token_id, problem_type="regression")
     model = BertForSequenceClassification(cfg)
 
     def batch_of(items):
         enc = tokenizer([t for t, _ in items], padding=True, truncation=True, max_length=256, return_tensors="pt")
+        enc.pop("token_type_ids", None)  # as the annotator calls it: ids and mask only
         return enc, torch.tensor([g for _, g in items], dtype=torch.float32)
 
     opt = torch.optim.AdamW(model.parameters(), lr=lr)
@@ -281,8 +286,6 @@ def build_reward_model(tokenizer_dir: str | Path, dest: Path, *, seed: int = 0, 
 
 
 def _build(dest: Path, seed: int) -> dict:
-    from iterdpo.real.gguf import ensure_smollm2
-
     start = time.time()
     train, held_out = split_prompts(seed)
     for name, rows in (("prompts_train.jsonl", train), ("prompts_eval.jsonl", held_out)):
@@ -293,7 +296,7 @@ def _build(dest: Path, seed: int) -> dict:
     with open(dest / "offline_pairs.jsonl", "w") as f:
         for r in offline:
             f.write(json.dumps(r) + "\n")
-    stats = build_reward_model(ensure_smollm2(), dest / "gold_rm", seed=seed)
+    stats = build_reward_model(dest / "gold_rm", seed=seed)
     stats.update({"seed": seed, "train_prompts": len(train), "eval_prompts": len(held_out), "offline_pairs": len(offline),
                   "build_seconds": round(time.time() - start, 1)})
     (dest / "build.json").write_text(json.dumps(stats, indent=2))
@@ -301,7 +304,7 @@ def _build(dest: Path, seed: int) -> dict:
 
 
 def ensure_reviews(seed: int = 0) -> Path:
-    """The reviews task's cache folder, built once (needs the SmolLM2 tokenizer and afinn)."""
+    """The reviews task's cache folder, built once (needs afinn)."""
     from iterdpo.toy.build import cache_root, cached_build
 
     _lexicon()  # fail before the lock when afinn is missing

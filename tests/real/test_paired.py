@@ -1,0 +1,51 @@
+"""The paired gold-difference interval computed from evaluation's parquet files."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from iterdpo import records
+from iterdpo.real.paired import gold_difference, main, paired_interval, t_quantile_975
+
+
+def test_t_quantile_and_interval_by_hand():
+    assert t_quantile_975(1) == pytest.approx(12.706, abs=2e-3)
+    assert t_quantile_975(127) == pytest.approx(1.9788, abs=1e-3)
+    got = paired_interval([1.0, 2.0, 3.0, 4.0])  # mean 2.5, sd 1.29099, t_3 = 3.18245
+    half = 3.182446 * 1.2909944 / 2
+    assert got["mean_diff"] == 2.5 and got["n"] == 4
+    assert got["ci95_low"] == pytest.approx(2.5 - half, abs=1e-4) and got["ci95_high"] == pytest.approx(2.5 + half, abs=1e-4)
+    with pytest.raises(ValueError, match="at least 2"):
+        paired_interval([1.0])
+
+
+def _answers(rows):
+    return records.from_rows(
+        [{"prompt_id": pid, "completion_id": f"{pid}-0", "prompt": p, "completion": c, "num_tokens": len(c.split()),
+          "finish_reason": "stop"} for pid, p, c in rows], records.COMPLETIONS)
+
+
+def test_gold_difference_pairs_answers_by_prompt(tmp_path, capsys):
+    pytest.importorskip("afinn")
+    from iterdpo.real.reviews import gold_reward
+
+    p1, p2, p3 = (f"Write a short positive review of a {x}." for x in ("blender", "desk lamp", "teapot"))
+    base = [("a", p1, "The blender is bad and noisy, it broke."), ("b", p2, "The lamp is fine I guess okay."),
+            ("c", p3, "The teapot is small and it is blue.")]
+    mine = [("c", p3, "The teapot is wonderful, lovely and perfect."), ("a", p1, "The blender is great, I love it."),
+            ("b", p2, "The lamp is fine I guess okay.")]
+    records.write_table(_answers(base), tmp_path / "baseline" / "completions.parquet")
+    records.write_table(_answers(mine), tmp_path / "iter_1" / "eval_responses" / "completions.parquet")
+    got = gold_difference(tmp_path, 1, "reviews")
+    by_id = {pid: (p, c) for pid, p, c in base}
+    diffs = [gold_reward(p, c) - gold_reward(*by_id[pid]) for pid, p, c in mine]
+    assert got["n"] == 3 and got["mean_diff"] == pytest.approx(sum(diffs) / 3)
+    assert (got["wins"], got["ties"], got["losses"]) == (2, 1, 0)
+    assert got["mean_words_policy"] == pytest.approx(sum(len(c.split()) for _, _, c in mine) / 3)
+    assert math.isfinite(got["ci95_low"]) and got["ci95_low"] < got["mean_diff"] < got["ci95_high"]
+    (tmp_path / "config.yaml").write_text("annotate:\n  gold: reviews\n")
+    assert main([str(tmp_path)]) == 0
+    assert json.loads(capsys.readouterr().out)["iteration"] == 1
