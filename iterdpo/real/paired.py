@@ -5,7 +5,8 @@ once with pi_0 (``baseline``), with the same sampling seed. Per prompt i,
 ``d_i = gold(x_i, y_i^policy) - gold(x_i, y_i^baseline)``; the report is the mean of d
 with a 95 % t-interval ``mean(d) +- t_{0.975, n-1} * sd(d) / sqrt(n)`` (paired, so the
 prompt-to-prompt spread of gold cancels), next to both mean lengths in tokens and words
-(the gold reward can be raised by longer answers; see :mod:`iterdpo.real.reviews`).
+(the gold reward can be raised by longer answers; see :mod:`iterdpo.real.reviews`), and how often
+each iteration's annotator agreed with gold on the pairs it labelled.
 
     python -m iterdpo.real.paired runs/iterative_dpo_smollm2 [--iteration K] [--gold reviews]
 """
@@ -72,6 +73,21 @@ def gold_difference(run_dir: str | Path, iteration: int, gold: str) -> dict:
     return out
 
 
+def annotator_agreement(run_dir: str | Path, iteration: int, gold: str) -> dict:
+    """How often the iteration's annotator chose what gold prefers, on its own labelled pairs
+    (``iter_k/annotate/pairs.parquet``): agreement = share of pairs with gold(chosen) > gold(rejected),
+    gold ties counted apart."""
+    from iterdpo import records
+    from iterdpo.annotation.gold import gold_reward_fn
+
+    fn = gold_reward_fn(gold)
+    pairs = records.read_table(Path(run_dir) / f"iter_{iteration}" / "annotate" / "pairs.parquet").to_pylist()
+    d = [fn(r["prompt"], r["chosen"]) - fn(r["prompt"], r["rejected"]) for r in pairs]
+    decided = [x for x in d if x != 0]
+    return {"iteration": iteration, "pairs": len(d), "gold_ties": len(d) - len(decided),
+            "agreement_with_gold": sum(x > 0 for x in decided) / len(decided) if decided else math.nan}
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m iterdpo.real.paired", description=__doc__.split("\n\n")[0])
     p.add_argument("run_dir")
@@ -94,7 +110,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{run_dir}: no evaluated iteration", file=sys.stderr)
             return 2
         k = done[-1]
-    print(json.dumps(gold_difference(run_dir, k, gold), indent=2))
+    out = gold_difference(run_dir, k, gold)
+    out["annotator_agreement"] = [annotator_agreement(run_dir, i, gold) for i in range(1, k + 1)
+                                  if (run_dir / f"iter_{i}" / "annotate" / "pairs.parquet").exists()]
+    print(json.dumps(out, indent=2))
     return 0
 
 

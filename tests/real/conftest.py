@@ -27,9 +27,11 @@ def smollm2_dir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def reviews_cache(smollm2_dir) -> Path:
+def reviews_cache(tmp_path_factory) -> Path:
+    """The reviews task (prompts, offline pairs, its reward model: ~1-2 CPU-minutes once)."""
     from iterdpo.real.reviews import ensure_reviews
 
     if importlib.util.find_spec("afinn") is None:
         pytest.skip("the reviews task needs afinn: pip install afinn==0.1")
+    _cache(tmp_path_factory)
     return ensure_reviews()

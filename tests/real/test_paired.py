@@ -49,3 +49,17 @@ def test_gold_difference_pairs_answers_by_prompt(tmp_path, capsys):
     (tmp_path / "config.yaml").write_text("annotate:\n  gold: reviews\n")
     assert main([str(tmp_path)]) == 0
     assert json.loads(capsys.readouterr().out)["iteration"] == 1
+
+
+def test_annotator_agreement_counts_gold_ties_apart(tmp_path):
+    pytest.importorskip("afinn")
+    import pyarrow as pa
+
+    from iterdpo.real.paired import annotator_agreement
+
+    p = "Write a short positive review of a blender."
+    good, bad = "The blender is great, I love it.", "The blender is bad and it broke."
+    table = pa.table({"prompt": [p, p, p], "chosen": [good, bad, good], "rejected": [bad, good, good]})
+    records.write_table(table, tmp_path / "iter_1" / "annotate" / "pairs.parquet")
+    got = annotator_agreement(tmp_path, 1, "reviews")
+    assert got == {"iteration": 1, "pairs": 3, "gold_ties": 1, "agreement_with_gold": 0.5}
