@@ -8,6 +8,8 @@ per-request seeds and shard writing as the pipeline. The server pool's overhead 
     python benchmarks/sampling.py --prompts 256 --n 4 --max-tokens 48 --backends hf,vllm,server
 
 Without ``--model`` it uses the built-in toy model (``ITERDPO_CACHE`` reuses a build);
+``--model ~/.cache/iterdpo/smollm2-135m --prompt-file .../reviews-v1-seed0/prompts_train.jsonl
+--dtype bfloat16`` measures SmolLM2 (benchmarks/real.md);
 ``--heavy 512,8`` a random-weight Llama with more work per token. ``--prompts-per-request
 1,8`` times each seed-group size on the same engine/servers. ``--paired`` keeps the engine
 and the server up together and alternates their runs (the idle one sleeps: vLLM's
@@ -210,6 +212,9 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=1, help="time each backend's sampling this many times (engine/servers started once)")
     ap.add_argument("--no-request-seed", action="store_true", help="vllm/server: seed only the engine, not each prompt's request")
     ap.add_argument("--backends", default="hf,vllm,server")
+    ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="model.dtype of every backend")
+    ap.add_argument("--prompt-file", default=None, help="prompts (.jsonl/.json/.parquet; default: the toy task's)")
+    ap.add_argument("--max-prompt-length", type=int, default=128, help="model.max_prompt_length (SmolLM2's ChatML system prompt: ~30 tokens)")
     ap.add_argument("--json", default=None, help="write the results here")
     ap.add_argument("--score-check", type=int, default=0, help="server: also score this many completions with prompt_logprobs and compare with the exact HF routine")
     args = ap.parse_args()
@@ -231,6 +236,8 @@ def main() -> None:
     if args.heavy:
         hidden, layers = map(int, args.heavy.split(","))
         model = heavy_model(Path(heavy_tmp.name) / "heavy", hidden, layers)
+    if args.prompt_file:
+        prompt_file = Path(args.prompt_file)
     if prompt_file is None:
         from iterdpo.toy.build import ensure_toy
 
@@ -238,7 +245,7 @@ def main() -> None:
     prompts = records.load_prompts(prompt_file)
     prompts = prompts.slice(0, min(args.prompts, prompts.num_rows))
     params = SamplingParams(n=args.n, temperature=args.temperature, top_p=1.0, top_k=50, max_tokens=args.max_tokens, seed=0)
-    model_cfg = ModelConfig()
+    model_cfg = ModelConfig(dtype=args.dtype, max_prompt_length=args.max_prompt_length)
     results, tables = {}, {}
     with tempfile.TemporaryDirectory() as tmp:
         ks = [int(k) for k in str(args.prompts_per_request).split(",")]

@@ -9,6 +9,7 @@
     iterdpo annotate-export -k K --out FILE [--config FILE]       candidate pairs to .jsonl/.csv for people
     iterdpo annotate-import -k K --labels FILE [--config FILE]    their labels back (checked) for annotator 'human'
     iterdpo report RUN_DIR                                        RUN_DIR/report/index.html with plots
+    iterdpo import-gguf FILE OUT                                  a llama-architecture GGUF -> a Hugging Face folder
 """
 
 from __future__ import annotations
@@ -52,6 +53,9 @@ def _parser() -> argparse.ArgumentParser:
     common(sp)
     sp = sub.add_parser("report", help="write RUN_DIR/report/index.html (plots of every finished iteration)")
     sp.add_argument("run_dir", help="a run directory, e.g. runs/toy")
+    sp = sub.add_parser("import-gguf", help="convert a llama-architecture GGUF file into a Hugging Face model folder")
+    sp.add_argument("file", help="the .gguf file (needs the 'gguf' package)")
+    sp.add_argument("out", help="output folder (safetensors, tokenizer, chat template)")
     return p
 
 
@@ -75,6 +79,12 @@ def _main(argv: list[str]) -> int:
         except SlurmError as e:
             print(f"iterdpo: error: {e}", file=sys.stderr)
             return 1
+    if args.command == "import-gguf":
+        from iterdpo.real.gguf import import_gguf
+
+        stats = import_gguf(args.file, args.out)
+        print(f"{args.out}: {stats['params']:,} parameters, vocabulary {stats['vocab']:,}, from {args.file}")
+        return 0
     if args.command == "report":
         from iterdpo.report import write_report
 

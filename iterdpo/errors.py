@@ -34,8 +34,8 @@ _NO_SPACE = ("No space left on device", "os error 28", "StorageFull", "Disk quot
 class UserError(Exception):
     """Mixin of every error the project anticipates: the CLI prints its message as one line, exit 2.
 
-    ConfigError, RecordError, StageMismatch, PreflightError, JudgeError, ServerError and
-    TokenisationMismatch derive from it (besides their own base), so this module imports none of them.
+    ConfigError, RecordError, StageMismatch, PreflightError, JudgeError, ServerError,
+    SetupError (real models and tasks) and TokenisationMismatch derive from it (besides their own base), so this module imports none of them.
     """
 
 

@@ -54,7 +54,10 @@ def reward_model_annotator(cfg, **_) -> Annotator:
         from iterdpo.config import ConfigError
 
         raise ConfigError("annotate.reward_model: set it to the reward model's folder for annotator 'reward_model'")
-    return RewardModelAnnotator(cfg.reward_model, batch_tokens=cfg.rm_batch_tokens, max_length=cfg.rm_max_length, dtype=cfg.rm_dtype)
+    from iterdpo.real.reviews import resolve  # the 'reviews' shorthand
+
+    return RewardModelAnnotator(resolve(cfg.reward_model, "reward_model"), batch_tokens=cfg.rm_batch_tokens, max_length=cfg.rm_max_length,
+                                dtype=cfg.rm_dtype)
 
 
 def judge_annotator(cfg, *, run_dir=None, seed: int = 0, for_eval: bool = False, **_) -> Annotator:

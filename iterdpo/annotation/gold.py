@@ -1,7 +1,8 @@
 """A task's gold reward as an annotator: a noiseless oracle.
 
 ``GOLD_REWARDS`` names the programmatic gold rewards: ``toy`` (:func:`iterdpo.toy.task.gold_reward`)
-and ``world`` (:func:`iterdpo.toy.world_task.gold_reward`). ``annotate.gold`` picks one for
+``world`` (:func:`iterdpo.toy.world_task.gold_reward`) and ``reviews``
+(:func:`iterdpo.real.reviews.gold_reward`, SmolLM2's task). ``annotate.gold`` picks one for
 the gold annotator and for evaluation's gold metrics.
 """
 
@@ -9,9 +10,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from iterdpo.real import reviews
 from iterdpo.toy import task, world_task
 
-GOLD_REWARDS: dict[str, Callable[[str, str], float]] = {"toy": task.gold_reward, "world": world_task.gold_reward}
+GOLD_REWARDS: dict[str, Callable[[str, str], float]] = {
+    "toy": task.gold_reward, "world": world_task.gold_reward, "reviews": reviews.gold_reward,
+}
 
 
 def gold_reward_fn(name: str) -> Callable[[str, str], float]:

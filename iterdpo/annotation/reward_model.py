@@ -12,8 +12,11 @@ what is scored; the classifier reads the last token).
 
 Each distinct (prompt, response) is scored once (a response takes part in several
 candidate pairs), in length-bucketed batches of at most ``batch_tokens`` padded tokens.
-With ``torch.distributed`` initialised, rank r scores every world_size-th conversation
-and the scores are all-gathered, so every rank returns the full list.
+With ``sharded=True`` and ``torch.distributed`` initialised, rank r scores every
+world_size-th conversation and the scores are all-gathered, so every rank returns the full
+list: only for callers that run on every rank. The loop's annotate and evaluate stages run on
+rank 0 alone, so the default scores everything in this process (sharding there waited forever
+in the all-gather for ranks that sit at the stage's barrier).
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ class RewardModelAnnotator:
     name = "reward_model"
 
     def __init__(self, path: str, *, batch_tokens: int = 8192, max_length: int = 1024, dtype: str = "float32",
-                 device: str | None = None, progress: bool = True):
+                 device: str | None = None, progress: bool = True, sharded: bool = False):
         from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
         self.path = path
@@ -44,6 +47,7 @@ class RewardModelAnnotator:
         self.batch_tokens = batch_tokens
         self.max_length = max_length
         self.progress = progress
+        self.sharded = sharded
 
     def tokenize(self, prompt: str, response: str) -> list[int]:
         """Token ids of one conversation, rendered with the RM's own chat template if it has one."""
@@ -67,7 +71,7 @@ class RewardModelAnnotator:
 
         uniq = list(dict.fromkeys(zip(prompts, responses, strict=True)))
         rank, world = 0, 1
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
+        if self.sharded and torch.distributed.is_available() and torch.distributed.is_initialized():
             rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
         mine = uniq[rank::world]
         self.last_scored = len(mine)  # conversations this process ran through the model

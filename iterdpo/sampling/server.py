@@ -114,6 +114,21 @@ class Server:
         return self.log_path.read_text(errors="replace")[-n:]
 
 
+def server_env(gpus: list[int], lora: bool) -> dict[str, str]:
+    """The environment of a launched server: this process's, without a launcher's rank variables
+    (a server started from rank 0 of a launch must not join the training job's process group),
+    with its GPUs and vLLM's CPU KV-cache size and runtime LoRA loading."""
+    from iterdpo.sampling.launch_env import clean_env
+
+    env = clean_env()
+    env.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+    if gpus:
+        env["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, gpus))
+    if lora:
+        env["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] = "True"
+    return env
+
+
 def offline_batch_limits(world_size: int, server_args: list[str]) -> list[str]:
     """``--max-num-seqs``/``--max-num-batched-tokens`` of vLLM's offline engine (``vllm.LLM``,
     the ``vllm`` backend) for launched servers, unless ``server_args`` sets them.
@@ -262,12 +277,7 @@ class ServerPool:
         return cmd + offline_batch_limits(c.tensor_parallel_size, c.server_args) + list(c.server_args)
 
     def _launch(self, s: Server) -> None:
-        env = dict(os.environ)
-        env.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
-        if s.gpus:
-            env["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, s.gpus))
-        if self.lora:
-            env["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] = "True"
+        env = server_env(s.gpus, self.lora)
         s.log_path.parent.mkdir(parents=True, exist_ok=True)
         with self.proc_lock, open(s.log_path, "ab") as log:
             if self.closed.is_set():

@@ -165,12 +165,20 @@ def _run_engine(
     gpus: list[int],
     progress: str | None,
 ) -> None:
-    """One engine (in this process or a spawned one): every shard of ``todo``."""
-    llm, tokenizer, lora = open_engine(model_path, model_cfg, sample_cfg, params.seed, gpus)
-    try:
-        generate_shards(llm, tokenizer, lora, rows, todo, params, shard_dir, model_cfg, sample_cfg, progress)
-    finally:
-        shutdown_engine(llm)
+    """One engine (in this process or a spawned one): every shard of ``todo``.
+
+    The engine and its worker processes run without the launcher's rank variables
+    (:mod:`iterdpo.sampling.launch_env`): from rank 0 of a launch they would make vLLM
+    join the training job's process group.
+    """
+    from iterdpo.sampling.launch_env import launcher_vars_removed
+
+    with launcher_vars_removed():
+        llm, tokenizer, lora = open_engine(model_path, model_cfg, sample_cfg, params.seed, gpus)
+        try:
+            generate_shards(llm, tokenizer, lora, rows, todo, params, shard_dir, model_cfg, sample_cfg, progress)
+        finally:
+            shutdown_engine(llm)
 
 
 def shutdown_engine(llm) -> None:

@@ -37,7 +37,10 @@ def _offline_reads(run, k):
     s = run.cfg.sera
     if s.offline in ("toy", "world"):
         return {"source": Value(s.offline)}
-    return {"source": Value(hashlib.sha1(Path(s.offline).read_bytes()).hexdigest()[:16], s.offline)}  # a file: its content
+    from iterdpo.real.reviews import resolve  # the 'reviews' shorthand: a file the task builds once
+
+    path = resolve(s.offline, "offline")
+    return {"source": Value(hashlib.sha1(Path(path).read_bytes()).hexdigest()[:16], path)}  # a file: its content
 
 
 def _offline(call: Call) -> dict:
@@ -63,6 +66,8 @@ def _offline(call: Call) -> dict:
     else:
         path = Path(call.read("source"))
     table = records.load_preferences(path)
+    if s.offline == "reviews":  # a built-in set: offline_size applies as for toy / world
+        table = table.slice(0, s.offline_size)
     call.write("offline_pairs", table)
     return {"pairs": table.num_rows, "prompts": pc.count_distinct(table.column("prompt_id")).as_py()}
 

@@ -115,7 +115,7 @@ import json, sys
 import torch.distributed as dist
 dist.init_process_group("gloo")
 from iterdpo.annotation.reward_model import RewardModelAnnotator
-rm = RewardModelAnnotator(sys.argv[1], progress=False)
+rm = RewardModelAnnotator(sys.argv[1], progress=False, sharded=True)
 data = json.load(open(sys.argv[2]))
 scores = rm.score(data["prompts"], data["responses"])
 json.dump({"scores": scores, "mine": rm.last_scored}, open(f"{sys.argv[3]}.{dist.get_rank()}", "w"))
