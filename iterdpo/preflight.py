@@ -31,8 +31,8 @@ from urllib.parse import urlsplit
 
 from iterdpo.errors import PreflightError
 
-SHORTHANDS = ("toy", "world", "smollm2-135m")  # built-in models the run builds or unpacks itself
-TASK_FILES = ("toy", "world")  # built-in prompt / offline sets
+SHORTHANDS = ("toy", "world", "smollm2-135m", "reviews")  # built-in models the run builds or unpacks itself (reviews: the task's reward model)
+TASK_FILES = ("toy", "world", "reviews")  # built-in prompt / offline sets
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 CONNECT_TIMEOUT = 5.0
 
