@@ -12,7 +12,8 @@ line naming the config field and the value; the CLI prints it and exits with sta
 - the tokenizer has a chat template (every prompt is rendered with it);
 - files named by the config exist: prompt files, SeRA's offline pairs;
 - the judge (annotator or evaluation judge ``judge``): the API key variable is set, the
-  URL is well formed and its host accepts a connection; listed sampling servers accept one;
+  URL is well formed and its host accepts a connection; a listed sampling server that does not
+  accept one yet is a warning (a pool started beside the run may still be loading);
 - the run directory (or its nearest existing parent) is writable;
 - free disk against a rough size of the run: a warning only, estimates are rough.
 """
@@ -115,18 +116,27 @@ def check_chat_template(field: str, folder: Path) -> None:
     )
 
 
-def check_connect(field: str, url: str) -> None:
-    """``url`` is http(s)://host[:port]/... and the host accepts a TCP connection."""
+def unreachable(field: str, url: str) -> str | None:
+    """Why ``url`` (http(s)://host[:port]/...) accepts no TCP connection now, or None if it does.
+
+    A malformed URL is an error, not a reason.
+    """
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise PreflightError(f"{field}: {url!r}: expected an http:// or https:// URL")
     port = parts.port or (443 if parts.scheme == "https" else 80)
     try:
         with socket.create_connection((parts.hostname, port), timeout=CONNECT_TIMEOUT):
-            pass
+            return None
     except OSError as e:
-        reason = e.strerror or type(e).__name__
-        raise PreflightError(f"{field}: {url}: cannot connect to {parts.hostname}:{port} ({reason}); start the server or fix the URL") from None
+        return f"{field}: {url}: cannot connect to {parts.hostname}:{port} ({e.strerror or type(e).__name__})"
+
+
+def check_connect(field: str, url: str) -> None:
+    """``url`` is http(s)://host[:port]/... and the host accepts a TCP connection."""
+    reason = unreachable(field, url)
+    if reason is not None:
+        raise PreflightError(f"{reason}; start the server or fix the URL")
 
 
 def check_writable(field: str, folder: Path) -> Path:
@@ -213,8 +223,12 @@ def preflight(cfg, stage: str | None = None, *, warn=None) -> None:
             raise PreflightError(f"annotate.judge.api_key_env: environment variable {j.api_key_env!r} is not set (it holds the judge's API key)")
         check_connect("annotate.judge.url", j.url)
     if (every or stage in ("sample", "evaluate")) and cfg.sample.backend == "server":
+        # a pool started beside the run (launch/slurm/vllm_servers.sbatch) may still be loading its
+        # model: the sampler waits for /health up to sample.server_start_timeout, so only say so
         for url in cfg.sample.servers:
-            check_connect("sample.servers", url)
+            reason = unreachable("sample.servers", url)
+            if reason is not None:
+                warn(f"{reason}; sampling waits up to sample.server_start_timeout={cfg.sample.server_start_timeout:g} s for it")
     for field, value in (("data.prompts", cfg.data.prompts), ("data.eval_prompts", cfg.data.eval_prompts)):
         if _names_a_file(value) and not Path(value).expanduser().is_file():
             raise PreflightError(f"{field}: {value}: prompt file not found")

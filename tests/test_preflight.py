@@ -18,7 +18,7 @@ def cfg(tmp_path, *over):
 
 
 def test_shorthands_pass_and_nothing_is_created(tmp_path):
-    for name in ("toy", "world", "smollm2-135m"):
+    for name in ("toy", "world", "smollm2-135m", "reviews"):
         preflight(cfg(tmp_path, f"model.name_or_path={name}"), warn=lambda line: None)
     assert list(tmp_path.iterdir()) == []  # the writability probe left nothing behind
 
@@ -76,3 +76,17 @@ def test_a_malformed_failpoint_is_refused_before_work(tmp_path, monkeypatch):
     monkeypatch.setenv("ITERDPO_FAILPOINT", "train:middle")
     with pytest.raises(PreflightError, match="ITERDPO_FAILPOINT='train:middle'"):
         preflight(cfg(tmp_path))
+
+
+def test_a_sampling_server_still_starting_is_a_warning_not_an_error(tmp_path):
+    """A pool job started beside the run may still load its model; the sampler waits for /health."""
+    import socket
+
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    said: list[str] = []
+    preflight(cfg(tmp_path, "sample.backend=server", f"sample.servers=[http://127.0.0.1:{port}]"), warn=said.append)
+    assert len(said) == 1 and f"127.0.0.1:{port}" in said[0] and "server_start_timeout" in said[0]
+    with pytest.raises(PreflightError, match="sample.servers: 'ftp://x': expected an http"):
+        preflight(cfg(tmp_path, "sample.backend=server", "sample.servers=[ftp://x]"), warn=said.append)

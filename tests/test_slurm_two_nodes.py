@@ -94,8 +94,12 @@ def assert_training_equal(one: Path, two: Path, processes: int = 2) -> None:
     b = json.loads((two / "iter_1" / "train" / "manifest.json").read_text())["stats"]
     assert (a["processes"], b["processes"]) == (1, processes)
     assert a["steps"] == b["steps"] > 4
-    for key in ("first_loss", "train_loss", "last_loss", "reward_accuracy", "final_mean_margin"):
+    for key in ("first_loss", "train_loss", "last_loss", "final_mean_margin"):
         assert b[key] == pytest.approx(a[key], abs=1e-5), key
+    # reward accuracy counts margins > 0, and at the first step (policy == reference) every margin
+    # is 0 up to rounding, which depends on how the rows are batched (packed): at most one pair of
+    # the run may land on the other side of 0
+    assert abs(b["reward_accuracy"] - a["reward_accuracy"]) * a["steps"] <= 0.5 + 1e-9
     ma = records.read_table(one / "iter_1" / "train" / "pair_margins.parquet").to_pylist()
     mb = records.read_table(two / "iter_1" / "train" / "pair_margins.parquet").to_pylist()
     assert [r["chosen_id"] for r in ma] == [r["chosen_id"] for r in mb]
