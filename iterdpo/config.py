@@ -26,7 +26,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from iterdpo import registry
+from iterdpo import builtins, registry
 from iterdpo.errors import UserError
 
 
@@ -401,7 +401,7 @@ class Config(_Section):
                              "'previous' (or 'none' with simpo) and run.init 'continue'")
         if self.select.selector == "sera" and self.sera.ensemble_lambda > 0 and not self.score.prev_policy:
             raise ValueError("sera.ensemble_lambda > 0 needs pi_{t-2}'s rewards: set score.prev_policy: true (or lambda 0)")
-        if self.annotate.gold is None and self.model.name_or_path in ("toy", "world"):
+        if self.annotate.gold is None and self.model.name_or_path in builtins.SFT_TASKS:
             self.annotate.gold = self.model.name_or_path  # the task's own gold reward, written into the saved config
         if self.annotate.gold is None and self.data.eval_prompts == "reviews":
             self.annotate.gold = "reviews"

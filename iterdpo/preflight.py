@@ -30,10 +30,9 @@ import tempfile
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from iterdpo import builtins
 from iterdpo.errors import PreflightError
 
-SHORTHANDS = ("toy", "world", "smollm2-135m", "reviews")  # built-in models the run builds or unpacks itself (reviews: the task's reward model)
-TASK_FILES = ("toy", "world", "reviews")  # built-in prompt / offline sets
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 CONNECT_TIMEOUT = 5.0
 
@@ -48,7 +47,7 @@ def _looks_like_path(value: str) -> bool:
 
 def _names_a_file(value: str) -> bool:
     """A data spec that is a file path (not a built-in task's name such as 'toy', not 'hf:...')."""
-    if value in TASK_FILES or value.startswith("hf:"):
+    if value in builtins.TASKS or value.startswith("hf:"):
         return False
     return "/" in value or Path(value).suffix.lower() in (".jsonl", ".json", ".parquet", ".csv")
 
@@ -66,7 +65,7 @@ def _hub_file(repo: str, name: str) -> Path | None:
 
 def resolve_model(field: str, value: str, *, tokenizer: bool = False) -> Path | None:
     """Check one model reference; returns its local folder (None for shorthands and hub ids not cached)."""
-    if value in SHORTHANDS:
+    if value in builtins.MODELS or value in builtins.REWARD_MODELS:  # the run builds these itself
         return None
     what = "tokenizer" if tokenizer else "model"
     path = Path(value).expanduser()

@@ -201,6 +201,7 @@ def wait(job_id: str, poll: float = 2.0) -> str:
 
 def submit(args: argparse.Namespace) -> list[str]:
     """Write the resolved config and scripts under <run dir>/slurm/ and submit them."""
+    from iterdpo import builtins
     from iterdpo.config import dump_config, load_config
 
     cfg = load_config(args.config, args.overrides)
@@ -208,7 +209,7 @@ def submit(args: argparse.Namespace) -> list[str]:
     cfg.run.output_dir = str(Path(cfg.run.output_dir).resolve())
     for field in ("prompts", "eval_prompts"):
         value = getattr(cfg.data, field)
-        if value not in ("toy", "world") and not value.startswith("hf:") and Path(value).exists():
+        if value not in builtins.TASKS and not value.startswith("hf:") and Path(value).exists():
             setattr(cfg.data, field, str(Path(value).resolve()))
     if Path(cfg.model.name_or_path).exists():
         cfg.model.name_or_path = str(Path(cfg.model.name_or_path).resolve())

@@ -18,7 +18,7 @@ import os
 import random
 from pathlib import Path
 
-from iterdpo import records
+from iterdpo import builtins, records
 from iterdpo.config import Config
 from iterdpo.rundir import RunDir, fingerprint_files
 
@@ -91,7 +91,7 @@ class Run:
             from iterdpo.real.gguf import ensure_smollm2
 
             return str(ensure_smollm2())
-        return str(self.task_dir(name) / "sft") if name in ("toy", "world") else name
+        return str(self.task_dir(name) / "sft") if name in builtins.SFT_TASKS else name
 
     def initial_model(self) -> str:
         return self.model_path(self.cfg.model.name_or_path)
@@ -102,7 +102,7 @@ class Run:
             from iterdpo.hub import materialize
 
             return materialize(value, self.rd.root / f"prompts_{which}.jsonl")
-        return self.task_dir(value) / f"prompts_{which}.jsonl" if value in ("toy", "world", "reviews") else Path(value)
+        return self.task_dir(value) / f"prompts_{which}.jsonl" if value in builtins.TASKS else Path(value)
 
     def prompts_for(self, k: int):
         """Iteration k's prompts: consecutive slices of one seeded shuffle (wrapping around)."""

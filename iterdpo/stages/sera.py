@@ -25,6 +25,7 @@ import json
 import random
 from pathlib import Path
 
+from iterdpo import builtins
 from iterdpo.pipeline.engine import Call, Ref, Stage, Value, policy_input
 from iterdpo.stages.default import DEFAULT
 from iterdpo.stages.sample import generate
@@ -35,7 +36,7 @@ OFFLINE_PREFIX = "offline-"
 
 def _offline_reads(run, k):
     s = run.cfg.sera
-    if s.offline in ("toy", "world"):
+    if s.offline in builtins.SFT_TASKS:  # generated in the stage from the seed
         return {"source": Value(s.offline)}
     from iterdpo.real.reviews import resolve  # the 'reviews' shorthand: a file the task builds once
 
