@@ -36,6 +36,9 @@ from iterdpo.sampling import (
     write_shard,
 )
 
+# vLLM 0.32's token budget per engine step for the LLM class on CPU (EngineArgs.get_batch_defaults)
+DEFAULT_CPU_BATCHED_TOKENS = 4096
+
 
 def on_cpu() -> bool:
     import torch
@@ -73,6 +76,19 @@ def gpu_groups(sample_cfg, count: int) -> list[list[int]]:
     return [ids[i * tp : (i + 1) * tp] for i in range(count)]
 
 
+def cpu_scheduler_kwargs(max_model_len: int) -> dict:
+    """Scheduler settings a seeded CPU engine needs: no chunked prefill.
+
+    With chunked prefill a prompt's prefill can be split across engine steps; vLLM then
+    discards the token sampled for the unfinished part and rewinds that request's seeded
+    generator with ``Generator.set_offset``, which CPU generators do not support, so the
+    engine dies ("CPU Generator does not use offset") as soon as one step's prompts exceed
+    ``max_num_batched_tokens`` (e.g. 64 SmolLM2 prompts x 4 samples at ~44 tokens). Whole
+    prefills need a token budget of at least one full sequence.
+    """
+    return {"enable_chunked_prefill": False, "max_num_batched_tokens": max(max_model_len, DEFAULT_CPU_BATCHED_TOKENS)}
+
+
 def engine_kwargs(model_path: str, model_cfg, sample_cfg, seed: int) -> dict:
     """Keyword arguments of ``vllm.LLM`` (the server's flags mirror them)."""
     base = adapter_base(model_path)
@@ -87,6 +103,8 @@ def engine_kwargs(model_path: str, model_cfg, sample_cfg, seed: int) -> dict:
     )
     if not on_cpu():
         kw["gpu_memory_utilization"] = sample_cfg.gpu_memory_utilization
+    else:
+        kw.update(cpu_scheduler_kwargs(kw["max_model_len"]))
     if base is not None:
         kw.update(enable_lora=True, max_lora_rank=lora_rank(model_path))
     return kw

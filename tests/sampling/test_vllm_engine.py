@@ -56,3 +56,32 @@ def test_engine_skips_finished_shards(engine_run, tmp_path):
         progress=None, sample_cfg=SampleConfig(backend="vllm"),
     )
     assert again.to_pylist() == table.to_pylist()
+
+
+def test_seeded_engine_survives_a_step_over_its_token_budget(toy_cache, tmp_path):
+    """32 prompts x 4 seeded samples of ~120 tokens: ~15k prompt tokens, over the 4,096 a CPU
+    engine schedules per step. With chunked prefill vLLM split a prefill and rewound the
+    request's seeded generator, which CPU generators cannot do: the engine died with "CPU
+    Generator does not use offset" (first seen with 64 SmolLM2 prompts x 4)."""
+    import json
+
+    from iterdpo import records
+
+    base = toy_prompts(toy_cache, 32).to_pylist()
+    rows = [{"prompt_id": f"long-{i}", "prompt": " ".join([r["prompt"]] * 12)} for i, r in enumerate(base)]
+    (tmp_path / "long.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    prompts = records.load_prompts(tmp_path / "long.jsonl")
+    params = SamplingParams(n=4, temperature=1.0, top_p=1.0, top_k=0, max_tokens=8, seed=3)
+    model_cfg = ModelConfig()
+    from transformers import AutoTokenizer
+
+    from iterdpo.logprobs import render_prompt
+
+    tok = AutoTokenizer.from_pretrained(toy_cache / "sft")
+    prompt_tokens = sum(len(render_prompt(tok, r["prompt"], model_cfg.max_prompt_length)) for r in rows) * params.n
+    assert prompt_tokens > 4096  # the case this test is about
+    table = get_sampler("vllm")(
+        str(toy_cache / "sft"), prompts, params, tmp_path / "out", model_cfg=model_cfg, batch_size=32,
+        progress=None, sample_cfg=SampleConfig(backend="vllm"),
+    )
+    check_complete(table, prompts, params.n)
