@@ -272,6 +272,8 @@ class ServerPool:
             cmd.append("--enforce-eager")
         if not on_cpu():
             cmd += ["--gpu-memory-utilization", str(c.gpu_memory_utilization)]
+        else:  # seeded requests kill a CPU engine that splits a prefill (vllm_engine.cpu_scheduler_kwargs)
+            cmd.append("--no-enable-chunked-prefill")
         if self.lora:
             cmd += ["--enable-lora", "--max-lora-rank", str(self.lora_rank)]
         return cmd + offline_batch_limits(c.tensor_parallel_size, c.server_args) + list(c.server_args)
