@@ -189,9 +189,6 @@ def sbatch(*args: str, env_extra: dict | None = None) -> str:
 
 
 @pytest.mark.vllm
-@pytest.mark.skipif(not os.environ.get("ITERDPO_TWO_NODE_POOL"), reason=(
-    "opt-in (ITERDPO_TWO_NODE_POOL=1): after pool A is cancelled, the requests in flight to its server are "
-    "re-sent only at sample.request_timeout (~10 min of CI, 663 s measured); open in issue #14"))
 def test_server_pool_on_node2_serves_a_run_on_node1(toy_cache, tmp_path):
     """Two pool jobs of ``launch/slurm/vllm_servers.sbatch`` on ci-node2 (one vLLM server each,
     ports 8000/8001); a sampling job on ci-node1 uses the URLs they wrote through
