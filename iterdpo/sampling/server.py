@@ -19,8 +19,9 @@ requests, spread over the servers of a :class:`~iterdpo.sampling.server_fleet.Se
   their connections stay open: vLLM 0.32 on SIGTERM (``scancel``), when its engine process
   was signalled too and died before it aborted the requests, closes its listening socket and
   then waits forever in uvicorn's "Waiting for connections to close" with the requests of
-  those connections unanswered (seen on the 2-node test cluster and with ``kill -TERM -PGID``);
-  a SIGKILLed host or a network that goes away looks alike. A completion request sends
+  those connections unanswered (``kill -TERM -PGID`` on one machine; after ``scancel`` on the
+  2-node test cluster it held the stage for ``request_timeout``: launch/slurm/README.md);
+  a hung host or a network that goes away looks alike. A completion request sends
   nothing until it is done, so the socket's silence cannot tell a dead server from a long
   generation; ``/health`` can: a slow server still answers it.
 """
