@@ -177,7 +177,7 @@ def test_two_node_deepspeed_zero2_job_equals_one_process(runs, tmp_path):
     assert_training_equal(runs / "one", runs / "zero2")
 
 
-SERVER_ARGS = "--enforce-eager --dtype float32 --seed 0 --disable-uvicorn-access-log --disable-log-stats"
+SERVER_ARGS = "--enforce-eager --no-enable-chunked-prefill --dtype float32 --seed 0 --disable-uvicorn-access-log --disable-log-stats"
 POOL_SAMPLE = ["run.iterations=1", "data.prompts_per_iteration=128", "sample.n=4", "sample.backend=server",
                "sample.batch_size=8", "sample.concurrency=2", "sample.server_start_timeout=600"]
 
@@ -189,9 +189,6 @@ def sbatch(*args: str, env_extra: dict | None = None) -> str:
 
 
 @pytest.mark.vllm
-@pytest.mark.skipif(not os.environ.get("ITERDPO_TWO_NODE_POOL"), reason=(
-    "opt-in (ITERDPO_TWO_NODE_POOL=1): after pool A is cancelled, the requests in flight to its server are "
-    "re-sent only at sample.request_timeout (~10 min of CI, 663 s measured); open in issue #14"))
 def test_server_pool_on_node2_serves_a_run_on_node1(toy_cache, tmp_path):
     """Two pool jobs of ``launch/slurm/vllm_servers.sbatch`` on ci-node2 (one vLLM server each,
     ports 8000/8001); a sampling job on ci-node1 uses the URLs they wrote through

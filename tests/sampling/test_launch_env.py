@@ -31,7 +31,7 @@ def test_an_engine_process_started_inside_the_block_sees_none_and_the_rank_keeps
 
 def test_servers_are_launched_without_them(monkeypatch):
     """The environment ServerPool launches `vllm serve` with, given to a real child process."""
-    from iterdpo.sampling.server import server_env
+    from iterdpo.sampling.server_fleet import server_env
 
     for k, v in LAUNCH.items():
         monkeypatch.setenv(k, v)

@@ -4,6 +4,7 @@ endpoints, new checkpoints, shutdown on SIGTERM."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -159,6 +160,89 @@ def test_external_endpoints(pool, toy_cache, tiny_model_dir):
         ext.ensure_model(str(tiny_model_dir))  # never sample from the wrong checkpoint
     ext.shutdown()  # never stops servers it did not launch
     assert pool.servers[1].proc.poll() is None
+
+
+def _map_killing(ext, url: str, pgid: int, sig: int, bound: float = 240.0) -> tuple[dict, dict]:
+    """``ext.map`` of 48 seeded requests (in a thread); once 4 are answered and some are in flight
+    to the server at ``url``, ``sig`` goes to its process group ``pgid``. Returns
+    (key -> the responses on_done got for it, info).
+
+    A failover that waits for ``request_timeout`` (600 s) fails on ``bound``: the map must be done
+    well before it."""
+    from iterdpo.sampling.server import request_body
+
+    bodies = {i: request_body([1, 5 + i, 9, 13], PARAMS, seed=1000 + i) for i in range(48)}
+    answers: dict[int, list] = {}
+    info: dict = {}
+
+    def on_done(key, resp):
+        answers.setdefault(key, []).append(resp)
+        # runs on the event loop, so the in-flight sets are exact here
+        if "in_flight" not in info and len(answers) >= 4 and ext.in_flight.get(url):
+            info["in_flight"] = len(ext.in_flight[url])
+            os.killpg(pgid, sig)
+
+    def run():
+        try:
+            ext.map(bodies, on_done)
+        except BaseException as e:  # noqa: BLE001 - reported by the test
+            info["error"] = repr(e)
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    t.join(bound)
+    info["finished_in_bound"] = not t.is_alive()
+    return answers, info
+
+
+def _check_failover(ext, answers: dict, info: dict) -> None:
+    assert info["finished_in_bound"], f"requests to the dead server waited for request_timeout: {info}, {ext.stats}"
+    assert "error" not in info, info
+    assert info.get("in_flight", 0) >= 1, info  # the server died with requests in flight
+    assert sorted(answers) == list(range(48)) and all(len(v) == 1 for v in answers.values())  # none lost, none twice
+    for (resp,) in answers.values():
+        assert len(resp["choices"]) == PARAMS.n and {c["finish_reason"] for c in resp["choices"]} <= {"stop", "length"}
+    assert ext.stats["resent"] >= 1 and ext.servers[0].state == "failed" and ext.servers[1].state == "up"
+
+
+def _external_pool(pool, toy_cache, **health):
+    """A pool of the module's two servers as external ones (``sample.servers``), request_timeout 600 s."""
+    from iterdpo.sampling.server import ServerPool
+
+    cfg = SampleConfig(backend="server", servers=[s.url for s in pool.servers], concurrency=2, request_timeout=600, **health)
+    ext = ServerPool(cfg, ModelConfig())
+    ext.ensure_model(str(toy_cache / "sft"))
+    return ext
+
+
+def test_silent_server_requests_fail_over_at_once(pool, toy_cache):
+    """A server that stops answering without closing its connections (SIGSTOP of its process
+    group: a hung host, or a network that went away) with request_timeout=600: its requests in
+    flight are re-sent once /health has failed health_failures times in a row, not after 600 s."""
+    ext = _external_pool(pool, toy_cache, health_interval=0.5, health_failures=3, health_timeout=2)
+    victim = pool.servers[0].proc
+    try:
+        answers, info = _map_killing(ext, ext.servers[0].url, victim.pid, signal.SIGSTOP)
+    finally:
+        os.killpg(victim.pid, signal.SIGCONT)
+    _check_failover(ext, answers, info)
+    assert ext.stats["declared_dead"] == 1
+    assert victim.poll() is None  # continued: a pool never stops a server it did not launch
+
+
+def test_sigterm_server_requests_fail_over_at_once(pool, toy_cache):
+    """SIGTERM to a vLLM server's process group, as ``scancel`` of its Slurm job sends it, with
+    request_timeout=600 and the default health checks: vLLM answers the requests in flight with
+    finish_reason "abort", or (its engine process gone first) keeps their connections open and
+    never answers; either way they are re-sent within seconds, none lost or duplicated."""
+    ext = _external_pool(pool, toy_cache)
+    pgid = pool.servers[0].proc.pid
+    try:
+        answers, info = _map_killing(ext, ext.servers[0].url, pgid, signal.SIGTERM)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pgid, signal.SIGKILL)  # the module pool's server: gone either way
+    _check_failover(ext, answers, info)
 
 
 def test_shutdown_stops_every_server(pool):
