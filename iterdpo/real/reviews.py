@@ -279,7 +279,8 @@ def build_reward_model(dest: Path, answers_file: str | Path | None = None) -> di
     return {"rm_kind": "lexical (iterdpo.annotation.lexical)", "rm_answers_file": answers_file.name,
             "rm_fitted_answers": len(fit), "rm_vocab": model.meta["vocab"], "rm_ridge": model.meta["ridge"],
             "rm_cv_pairwise_agreement": model.meta["cv_pairwise_agreement"],
-            "rm_heldout_pairwise_agreement": round(agree["agreement"], 4), "rm_heldout_pairs": agree["pairs"],
+            "rm_heldout_pairwise_agreement": round(agree["agreement"], 4) if agree["pairs"] else None,  # None: gold tied every pair
+            "rm_heldout_pairs": agree["pairs"],
             "rm_heldout_prompts": len(by_prompt)}
 
 
