@@ -23,7 +23,8 @@ import tempfile
 import time
 from pathlib import Path
 
-DATA_FILE = Path(__file__).parent / "data" / "reviews_smollm2_answers.jsonl"
+from iterdpo.real.reviews import ANSWERS_FILE as DATA_FILE
+
 SEED = 20261204
 
 

@@ -89,6 +89,8 @@ TEMPLATES = (
     "Describe in three sentences what is great about a {item}.",
 )
 NUM_EVAL = 160
+# SmolLM2's answers to every prompt, sampled once by iterdpo.real.answers and shipped: the reward model's data
+ANSWERS_FILE = Path(__file__).parent / "data" / "reviews_smollm2_answers.jsonl"
 WORD = re.compile(r"[a-z']+")
 
 
@@ -256,9 +258,8 @@ def build_reward_model(dest: Path, answers_file: str | Path | None = None) -> di
     held-out prompts (two answers per prompt, gold ties left out), which it never saw.
     """
     from iterdpo.annotation.lexical import LexicalRewardModel, pairwise_agreement
-    from iterdpo.real.answers import DATA_FILE
 
-    answers_file = Path(answers_file or DATA_FILE)
+    answers_file = Path(answers_file or ANSWERS_FILE)
     rows = read_answers(answers_file)
     fit = [r for r in rows if r["split"] == "train"]
     held = [r for r in rows if r["split"] == "eval"]
