@@ -250,7 +250,9 @@ class AnnotateConfig(_Section):
     )
     ties: Literal["drop", "random"] = Field("drop", description="A pair with equal scores is dropped or oriented at random.")
     tie_threshold: float = Field(0.0, ge=0.0, description="|score(a) - score(b)| <= this counts as a tie.")
-    reward_model: str | None = Field(None, description="Folder of an AutoModelForSequenceClassification with num_labels=1, or 'reviews' (the reviews task's reward model, iterdpo.real.reviews).")
+    reward_model: str | None = Field(None, description="Folder of an AutoModelForSequenceClassification with num_labels=1, or of a lexical "
+                                      "reward model (lexical_reward.json, iterdpo.annotation.lexical), or 'reviews' (the reviews task's lexical reward "
+                                      "model fitted on gold labels of SmolLM2's answers, iterdpo.real.reviews).")
     rm_batch_tokens: int = Field(8192, ge=64, description="Padded-token budget of one reward-model batch.")
     rm_max_length: int = Field(1024, ge=8, description="Tokens of a rendered conversation kept (from the left end).")
     rm_dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="Reward-model weights dtype.")
@@ -309,6 +311,10 @@ class EvaluateConfig(_Section):
     top_k: int = Field(50, ge=0, description="Top-k of evaluation responses (0 = off; 50 = sample.top_k's default, so runs that never set it evaluate as before).")
     samples_per_prompt: int = Field(1, ge=1, description="Answers per held-out prompt on each side; the gain is averaged per prompt, so more samples narrow its interval (prompts stay the unit).")
     max_tokens: int = Field(48, ge=1, description="Maximum new tokens of evaluation responses.")
+    score_answers: bool = Field(
+        True, description="Score both answer sets with pi_k and its reference (four forward passes) for kl_to_reference and the "
+        "implicit-reward metrics; false skips that (eval_scored / baseline_scored are then empty): the gold and judge metrics do not need it.",
+    )
     judge: JudgeName = Field(
         "auto",
         description="Who judges policy vs baseline: 'auto' = the annotator when it can (gold, reward_model, judge), "

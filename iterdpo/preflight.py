@@ -73,6 +73,8 @@ def resolve_model(field: str, value: str, *, tokenizer: bool = False) -> Path | 
         if not path.is_dir():
             raise PreflightError(f"{field}: {value}: a file, not a {what} folder (save_pretrained writes a folder)")
         need = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model") if tokenizer else ("config.json",)
+        if field == "annotate.reward_model":  # a lexical reward model (iterdpo.annotation.lexical) is one JSON file
+            need = (*need, "lexical_reward.json")
         if not _has_any(path, need) and not any(path.glob("*.gguf")):
             raise PreflightError(f"{field}: {value}: no {' or '.join(need)} in this folder (is it a {what} saved with save_pretrained?)")
         return path

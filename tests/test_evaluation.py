@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -131,3 +132,22 @@ def test_evaluation_samples_with_its_own_settings_not_the_training_samplers(toy_
     assert answers.num_rows == 12  # 6 prompts x 2 samples, paired with the policy's by completion id
     key_eval, answers_eval = baseline("eval_top_k", "evaluate.top_k=1")  # evaluate's own settings do count
     assert key_eval != key and not answers_eval.equals(answers)
+
+
+@pytest.mark.slow
+def test_evaluate_without_scoring_keeps_gold_and_skips_kl(toy_cache, tmp_path):
+    """evaluate.score_answers=false: no log-prob pass over the answers (empty eval_scored), the gold gain
+    and win rate as usual, and no KL or implicit-reward metric pretending to have been measured."""
+    from iterdpo.config import load_config
+    from iterdpo.pipeline.driver import open_run, run_stage
+    from iterdpo.stages import DEFAULT
+
+    cfg = load_config(None, [f"run.output_dir={tmp_path}", "run.name=noscore", "data.prompts_per_iteration=8", "sample.n=2",
+                             "train.epochs=1", "evaluate.num_prompts=8", "evaluate.score_answers=false"])
+    run_stage(open_run(cfg, DEFAULT), "evaluate", 1)
+    done = tmp_path / "noscore" / "iter_1" / "evaluate"
+    metrics = json.loads((done / "metrics.json").read_text())
+    assert metrics["prompts"] == 8 and "gold_reward_gain" in metrics and 0.0 <= metrics["win_rate"] <= 1.0
+    assert not {"kl_to_reference", "mean_implicit_reward", "implicit_ranking_accuracy"} & set(metrics)
+    assert records.read_table(done / "eval_scored.parquet").num_rows == 0
+    assert records.read_table(done / "baseline_scored.parquet").num_rows == 0

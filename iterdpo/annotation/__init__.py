@@ -10,7 +10,8 @@ label file keyed by completion ids) define ``compare_rows(a_rows, b_rows)`` inst
 the SCORED rows of both sides; annotators with counters (a judge's tokens and cost) define
 ``stats()``, merged into the annotate manifest's stats.
 
-Available: ``gold`` (a task's gold reward, ``annotate.gold``: toy or world), ``reward_model`` (:mod:`.reward_model`), ``judge``
+Available: ``gold`` (a task's gold reward, ``annotate.gold``: toy, world or reviews), ``reward_model`` (:mod:`.reward_model`, or
+a lexical linear model's folder, :mod:`.lexical`), ``judge``
 (:mod:`.judge`), ``implicit`` (:mod:`.implicit`), ``human`` (:mod:`.human`). Label noise
 (:mod:`.noise`) swaps a seeded fraction of the oriented pairs afterwards.
 
@@ -54,9 +55,13 @@ def reward_model_annotator(cfg, **_) -> Annotator:
         from iterdpo.config import ConfigError
 
         raise ConfigError("annotate.reward_model: set it to the reward model's folder for annotator 'reward_model'")
+    from iterdpo.annotation.lexical import LexicalRewardAnnotator, is_lexical
     from iterdpo.real.reviews import resolve  # the 'reviews' shorthand
 
-    return RewardModelAnnotator(resolve(cfg.reward_model, "reward_model"), batch_tokens=cfg.rm_batch_tokens, max_length=cfg.rm_max_length,
+    path = resolve(cfg.reward_model, "reward_model")
+    if is_lexical(path):  # a lexical reward model's folder (iterdpo.annotation.lexical), not a transformers one
+        return LexicalRewardAnnotator(path)
+    return RewardModelAnnotator(path, batch_tokens=cfg.rm_batch_tokens, max_length=cfg.rm_max_length,
                                 dtype=cfg.rm_dtype)
 
 

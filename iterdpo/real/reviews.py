@@ -24,20 +24,23 @@ name scores near the maximum (1.5); AFINN ignores negation ("not bad" counts as 
 "not good" as good) and sarcasm; the topic check is one keyword, so naming the item once
 and then writing about anything else passes.
 
-Annotator (differs from gold): ``annotate.reward_model: reviews`` is a small
-bidirectional transformer classifier (a 2-layer BERT, hidden 64, with its own 1,024-token BPE)
-regressed on the gold rewards of seeded *synthetic* reviews (templated sentences with
-positive, negative and neutral words, off-topic items and repeated sentences), never on the
-policy's own samples: like a real reward model it sees another distribution than the one it
-judges, so it agrees with gold only partly (its pairwise agreement with gold is in the
-build stats and in benchmarks/real.md).
+Annotator (differs from gold): ``annotate.reward_model: reviews`` is a lexical reward model
+(:mod:`iterdpo.annotation.lexical`): a ridge regression over which words an answer uses, its
+length, its type-token ratio and its overlap with the prompt's rarer words, fitted on the gold
+rewards of SmolLM2's own answers to the *training* prompts (shipped, with the script that sampled
+them: :mod:`iterdpo.real.answers`). Like a reward model fitted on human labels of the SFT model's
+samples, it never sees the lexicon, learns one weight per word from ~640 answers (words it never
+saw weigh nothing), is linear where gold saturates (tanh), counts any rare prompt word as "on
+topic" where gold wants the item's head noun, and measures repetition by distinct words, not
+trigrams; its pairwise agreement with gold on answers to the held-out prompts is in the build
+stats and in benchmarks/real.md.
 
-``ensure_reviews()`` builds once into ``$ITERDPO_CACHE/reviews-v1/``::
+``ensure_reviews()`` builds once into ``$ITERDPO_CACHE/reviews-v2-seed0/``::
 
     prompts_train.jsonl   320 prompts
     prompts_eval.jsonl    160 held-out prompts
     offline_pairs.jsonl   synthetic review pairs labelled by gold (SeRA's offline set, sera.offline: reviews)
-    gold_rm/              the reward model (AutoModelForSequenceClassification, num_labels=1)
+    lexical_rm/           the reward model (lexical_reward.json)
     build.json            build stats
 """
 
@@ -51,7 +54,7 @@ import time
 from functools import lru_cache
 from pathlib import Path
 
-VERSION = "reviews-v1"
+VERSION = "reviews-v2"  # v2: the lexical reward model fitted on SmolLM2's answers (v1: a BERT on synthetic reviews)
 TASK = "reviews"
 MIN_WORDS = 5
 TONE_SCALE = 25.0
@@ -86,6 +89,8 @@ TEMPLATES = (
     "Describe in three sentences what is great about a {item}.",
 )
 NUM_EVAL = 160
+# SmolLM2's answers to every prompt, sampled once by iterdpo.real.answers and shipped: the reward model's data
+ANSWERS_FILE = Path(__file__).parent / "data" / "reviews_smollm2_answers.jsonl"
 WORD = re.compile(r"[a-z']+")
 
 
@@ -220,69 +225,64 @@ def offline_pairs(prompts: list[dict], *, seed: int, per_prompt: int = 1) -> lis
 # --- the reward model ------------------------------------------------------------------------
 
 
-def build_reward_model(dest: Path, *, seed: int = 0, examples: int = 8000, steps: int = 400, batch: int = 64,
-                       lr: float = 2e-3) -> dict:
-    """Regress a small BERT classifier on the gold rewards of synthetic reviews; save it to ``dest``.
-
-    Its own byte-level BPE tokenizer (1,024 tokens, trained on the synthetic reviews and the
-    prompts; any text still tokenises) has no chat template, so the annotator scores
-    ``prompt + "\n" + response``, as here. Returns the fit's stats, including the pairwise
-    agreement with gold on held-out synthetic pairs.
-    """
-    import torch
-    from transformers import BertConfig, BertForSequenceClassification
-
-    from iterdpo.toy.build import build_tokenizer
-
-    torch.manual_seed(seed)
-    rng = random.Random(seed)
-    train, _ = split_prompts()
+def read_answers(path: str | Path) -> list[dict]:
+    """The rows of an answers file (:mod:`iterdpo.real.answers`); ValueError naming the file, line and field."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"{path}: answers file not found (python -m iterdpo.real.answers writes it)")
     rows = []
-    for _ in range(examples):
-        p = rng.choice(train)
-        y = synthetic_review(rng, p["item"])
-        rows.append((p["prompt"] + "\n" + y, gold_reward(p["prompt"], y)))
-    tokenizer = build_tokenizer([t for t, _ in rows[:3000]], vocab_size=1024)
-    tokenizer.chat_template = None  # the annotator then scores "prompt\nresponse"
-    tokenizer.padding_side = "right"
-    cut = int(0.9 * len(rows))
-    fit, held = rows[:cut], rows[cut:]
-    cfg = BertConfig(vocab_size=len(tokenizer), hidden_size=64, num_hidden_layers=2, num_attention_heads=2,
-                     intermediate_size=128, max_position_embeddings=512, num_labels=1,
-                     pad_token_id=tokenizer.pad_token_id, problem_type="regression")
-    model = BertForSequenceClassification(cfg)
+    with open(path) as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path}: line {lineno}: not valid JSON: {e.msg}") from None
+            for field in ("split", "prompt", "completion"):
+                if not isinstance(row.get(field) if isinstance(row, dict) else None, str):
+                    raise ValueError(f"{path}: line {lineno}, field {field!r}: missing or not a string")
+            if row["split"] not in ("train", "eval"):
+                raise ValueError(f"{path}: line {lineno}, field 'split': {row['split']!r} is neither 'train' nor 'eval'")
+            rows.append(row)
+    if not rows:
+        raise ValueError(f"{path}: no answers")
+    return rows
 
-    def batch_of(items):
-        enc = tokenizer([t for t, _ in items], padding=True, truncation=True, max_length=256, return_tensors="pt")
-        enc.pop("token_type_ids", None)  # as the annotator calls it: ids and mask only
-        return enc, torch.tensor([g for _, g in items], dtype=torch.float32)
 
-    opt = torch.optim.AdamW(model.parameters(), lr=lr)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.1)
-    model.train()
-    losses = []
-    for _ in range(steps):
-        enc, target = batch_of(rng.sample(fit, batch))
-        pred = model(**enc).logits[:, 0]
-        loss = torch.nn.functional.mse_loss(pred, target)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        sched.step()
-        losses.append(loss.item())
-    model.eval()
-    preds = []
-    with torch.no_grad():
-        for i in range(0, len(held), 128):
-            enc, _ = batch_of(held[i: i + 128])
-            preds += model(**enc).logits[:, 0].tolist()
-    golds = [g for _, g in held]
-    pairs = [(i, i + 1) for i in range(0, len(held) - 1, 2) if golds[i] != golds[i + 1]]
-    agree = sum((preds[i] > preds[j]) == (golds[i] > golds[j]) for i, j in pairs) / max(1, len(pairs))
-    model.save_pretrained(dest)
-    tokenizer.save_pretrained(dest)
-    return {"rm_train_loss_last": sum(losses[-20:]) / 20, "rm_heldout_pairwise_agreement": round(agree, 4),
-            "rm_heldout_pairs": len(pairs)}
+def build_reward_model(dest: Path, answers_file: str | Path | None = None) -> dict:
+    """Fit the lexical reward model (:mod:`iterdpo.annotation.lexical`) on the gold rewards of SmolLM2's
+    own answers to the TRAINING prompts; save it to ``dest``.
+
+    Returns the fit's stats, including its pairwise agreement with gold on answer pairs to the
+    held-out prompts (two answers per prompt, gold ties left out), which it never saw.
+    """
+    from iterdpo.annotation.lexical import LexicalRewardModel, pairwise_agreement
+
+    answers_file = Path(answers_file or ANSWERS_FILE)
+    rows = read_answers(answers_file)
+    fit = [r for r in rows if r["split"] == "train"]
+    held = [r for r in rows if r["split"] == "eval"]
+    train_prompts = {p["prompt"] for p in split_prompts()[0]}
+    leaked = sum(r["prompt"] not in train_prompts for r in fit)
+    if leaked or not fit:
+        raise ValueError(f"{answers_file}: {leaked} 'train' answers are to prompts outside the training split "
+                         f"(or none at all: {len(fit)}); regenerate it with python -m iterdpo.real.answers")
+    model = LexicalRewardModel.fit([r["prompt"] for r in fit], [r["completion"] for r in fit],
+                                   [gold_reward(r["prompt"], r["completion"]) for r in fit])
+    model.save(dest)
+    by_prompt: dict[str, list[str]] = {}
+    for r in held:
+        by_prompt.setdefault(r["prompt"], []).append(r["completion"])
+    pairs = [(x, ys[i], ys[j], gold_reward(x, ys[i]), gold_reward(x, ys[j]))
+             for x, ys in by_prompt.items() for i in range(len(ys)) for j in range(i + 1, len(ys))]
+    agree = pairwise_agreement(model, pairs)
+    return {"rm_kind": "lexical (iterdpo.annotation.lexical)", "rm_answers_file": answers_file.name,
+            "rm_fitted_answers": len(fit), "rm_vocab": model.meta["vocab"], "rm_ridge": model.meta["ridge"],
+            "rm_cv_pairwise_agreement": model.meta["cv_pairwise_agreement"],
+            "rm_heldout_pairwise_agreement": round(agree["agreement"], 4) if agree["pairs"] else None,  # None: gold tied every pair
+            "rm_heldout_pairs": agree["pairs"],
+            "rm_heldout_prompts": len(by_prompt)}
 
 
 def _build(dest: Path, seed: int) -> dict:
@@ -296,7 +296,7 @@ def _build(dest: Path, seed: int) -> dict:
     with open(dest / "offline_pairs.jsonl", "w") as f:
         for r in offline:
             f.write(json.dumps(r) + "\n")
-    stats = build_reward_model(dest / "gold_rm", seed=seed)
+    stats = build_reward_model(dest / "lexical_rm")
     stats.update({"seed": seed, "train_prompts": len(train), "eval_prompts": len(held_out), "offline_pairs": len(offline),
                   "build_seconds": round(time.time() - start, 1)})
     (dest / "build.json").write_text(json.dumps(stats, indent=2))
@@ -304,7 +304,7 @@ def _build(dest: Path, seed: int) -> dict:
 
 
 def ensure_reviews(seed: int = 0) -> Path:
-    """The reviews task's cache folder, built once (needs afinn)."""
+    """The reviews task's cache folder, built once (needs afinn; ~10 s)."""
     from iterdpo.toy.build import cache_root, cached_build
 
     _lexicon()  # fail before the lock when afinn is missing
@@ -315,5 +315,5 @@ def resolve(value: str, what: str) -> str:
     """Task shorthands in config paths: ``reviews`` for ``annotate.reward_model`` / ``sera.offline``."""
     if value != TASK:
         return value
-    sub = {"reward_model": "gold_rm", "offline": "offline_pairs.jsonl"}[what]
+    sub = {"reward_model": "lexical_rm", "offline": "offline_pairs.jsonl"}[what]
     return str(ensure_reviews() / sub)

@@ -56,7 +56,7 @@ def _reads(run, k):
 def _write(call: Call) -> dict:
     import pyarrow as pa
 
-    from iterdpo import scoring
+    from iterdpo import records, scoring
     from iterdpo.annotation import get_annotator
     from iterdpo.annotation.gold import gold_reward_fn
     from iterdpo.evaluation import compare
@@ -65,13 +65,18 @@ def _write(call: Call) -> dict:
     judge_name = eval_judge_name(cfg)
     gold = gold_reward_fn(cfg.annotate.gold) if cfg.annotate.gold else None
     answers, base = call.read("answers"), call.read("baseline")
-    # both answer sets scored by pi_k and its training reference: KL and implicit-reward metrics
-    kw = dict(tokenizer_path=cfg.model.tokenizer, model_cfg=cfg.model, beta=cfg.score.beta, batch_tokens=cfg.score.batch_tokens)
-    # evaluate runs on rank 0 alone: score here, not sharded over the launch's processes
-    both = scoring.score(pa.concat_tables([answers, base]), call.model("policy"), call.model("reference"), local=True, **kw)
-    policy_scored, baseline_scored = both.slice(0, answers.num_rows), both.slice(answers.num_rows)
-    call.write("eval_scored", policy_scored)
-    call.write("baseline_scored", baseline_scored)
+    if cfg.evaluate.score_answers:
+        # both answer sets scored by pi_k and its training reference: KL and implicit-reward metrics
+        kw = dict(tokenizer_path=cfg.model.tokenizer, model_cfg=cfg.model, beta=cfg.score.beta, batch_tokens=cfg.score.batch_tokens)
+        # evaluate runs on rank 0 alone: score here, not sharded over the launch's processes
+        both = scoring.score(pa.concat_tables([answers, base]), call.model("policy"), call.model("reference"), local=True, **kw)
+        policy_scored, baseline_scored = both.slice(0, answers.num_rows), both.slice(answers.num_rows)
+        call.write("eval_scored", policy_scored)
+        call.write("baseline_scored", baseline_scored)
+    else:  # the gold and judge metrics need no log-probs; the artifacts stay, empty, so readers find them
+        policy_scored = baseline_scored = None
+        call.write("eval_scored", records.from_rows([], records.SCORED))
+        call.write("baseline_scored", records.from_rows([], records.SCORED))
     judge = get_annotator(judge_name, cfg.annotate, run_dir=call.run.rd.root, seed=call.seed("eval-judge"), for_eval=True)
     metrics = compare(answers, base, judge, gold, policy_scored=policy_scored, baseline_scored=baseline_scored)
     metrics["judge"] = judge_name

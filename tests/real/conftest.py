@@ -28,7 +28,7 @@ def smollm2_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def reviews_cache(tmp_path_factory) -> Path:
-    """The reviews task (prompts, offline pairs, its reward model: ~1-2 CPU-minutes once)."""
+    """The reviews task (prompts, offline pairs, its lexical reward model: ~10 s once)."""
     from iterdpo.real.reviews import ensure_reviews
 
     if importlib.util.find_spec("afinn") is None:

@@ -96,18 +96,19 @@ def test_offline_pairs_are_oriented_by_gold():
 
 
 def test_reward_model_annotator_differs_from_gold_but_agrees_mostly(reviews_cache):
-    """The reward model is trained on gold labels of synthetic reviews: it agrees with gold on
-    most held-out synthetic pairs, and not on all (it is another annotator, not gold)."""
+    """The reward model is fitted on gold labels of SmolLM2's answers to the training prompts: on
+    answer pairs to the held-out prompts it agrees with gold mostly, and not always (it is another
+    annotator, not gold)."""
     from iterdpo.annotation import get_annotator
     from iterdpo.config import load_config
 
     build = json.loads((reviews_cache / "build.json").read_text())
-    assert 0.7 < build["rm_heldout_pairwise_agreement"] < 1.0
+    assert 0.65 < build["rm_heldout_pairwise_agreement"] < 1.0 and build["rm_heldout_pairs"] > 100
     for name in ("prompts_train.jsonl", "prompts_eval.jsonl", "offline_pairs.jsonl"):
         assert (reviews_cache / name).stat().st_size > 0
     cfg = load_config("recipes/configs/smollm2-135m/iterative_dpo.yaml", [])
     rm = get_annotator("reward_model", cfg.annotate)
-    assert rm.path == str(reviews_cache / "gold_rm")
+    assert rm.path == str(reviews_cache / "lexical_rm")
     good = "This mug is wonderful, I love it and the glaze is beautiful."
     bad = "This mug is terrible, the handle broke and I hate it."
     assert rm.compare([PROMPT], [good], [bad])[0] > 0
