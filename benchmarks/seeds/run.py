@@ -315,6 +315,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--results", default=None, help="where results.csv / results.md / plots go (default: <out>/results)")
     p.add_argument("--set", nargs="*", default=[], metavar="section.key=value",
                    help="extra overrides for every run (e.g. train.learning_rate=1e-4); use a fresh --out: records are keyed by run id only")
+    p.add_argument("--settings", default=None, help="only these settings of the chosen papers, ';'-separated (e.g. 'dpo noise=0.0;dpo noise=0.4'); "
+                   "the report still covers every finished run of the papers")
     p.add_argument("--report-only", action="store_true", help="write the results files from the finished records; run nothing")
     a = p.parse_args(argv)
     papers = [x.strip() for x in a.only.split(",") if x.strip()]
@@ -328,7 +330,9 @@ def main(argv: list[str] | None = None) -> int:
     jobs = build_grid(a.size, seeds, papers, a.world, pi0=str(out / "warm" / WARM_POLICY))
     for j in jobs:
         j.specs = [replace(s, overrides=(*s.overrides, *a.set)) for s in j.specs]
-    todo = [Job([s for s in j.specs if not (out / "records" / f"{s.run_id}.json").exists()], j.cost) for j in jobs]
+    keep = None if a.settings is None else {x.strip() for x in a.settings.split(";") if x.strip()}
+    todo = [Job([s for s in j.specs if not (out / "records" / f"{s.run_id}.json").exists() and (keep is None or s.setting in keep)], j.cost)
+            for j in jobs]
     todo = [j for j in todo if j.specs and not a.report_only]
     total = sum(len(j.specs) for j in jobs)
     pending = sum(len(j.specs) for j in todo)
@@ -354,7 +358,7 @@ def main(argv: list[str] | None = None) -> int:
         with ctx.Pool(a.workers, initializer=_init_worker, initargs=(counter, pending, start)) as pool:
             for _ in pool.imap_unordered(_run_job_args, [(j, str(out)) for j in todo]):
                 pass  # each worker prints a line per finished run
-        failed = sum(1 for j in jobs for s in j.specs if not (out / "records" / f"{s.run_id}.json").exists())
+        failed = sum(1 for j in todo for s in j.specs if not (out / "records" / f"{s.run_id}.json").exists())
     wall = time.time() - start
     import resource
 
