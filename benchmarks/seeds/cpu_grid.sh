@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# The CPU grid of issue #13 in priority order, resumable, with its cost recorded:
+#   bash benchmarks/seeds/cpu_grid.sh OUT [SEEDS]            (default 4 seeds)
+# Steps (each a run.py invocation on the same OUT, so a killed script resumes from the records):
+#   1. the positive control and 001 (margin, schedules)      2. 002 (APL)
+#   3. 003 with DPO at noise 0 and 0.4 (primary claims)      4. 000 (active reward modelling + ceiling)
+#   5. 003 with IPO, SLiC, SimPO at noise 0 (secondary claims)
+# then one report over every finished run into OUT/results. Two workers, one torch thread each.
+# Cost: `uptime` every 60 s into OUT/load.log; /usr/bin/time -v of each step into OUT/time_*.txt
+# (user + sys = CPU-seconds of the step, workers included).
+set -uo pipefail
+cd "$(dirname "$0")/../.."
+OUT=${1:?usage: cpu_grid.sh OUT [SEEDS]}
+SEEDS=${2:-4}
+mkdir -p "$OUT"
+export OMP_NUM_THREADS=1 TOKENIZERS_PARALLELISM=false HF_HUB_OFFLINE=1 WANDB_MODE=offline
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+( while true; do echo "$(date -u +%H:%M:%S) $(cut -d' ' -f1-3 /proc/loadavg)" >> "$OUT/load.log"; sleep 60; done ) &
+LOADER=$!
+trap 'kill $LOADER 2>/dev/null' EXIT
+step() {  # name, run.py arguments
+    local name=$1; shift
+    echo "[cpu-grid] $(date -u +%H:%M:%S) step $name: $*" | tee -a "$OUT/steps.log"
+    /usr/bin/time -v -o "$OUT/time_$name.txt" python benchmarks/seeds/run.py --seeds "$SEEDS" --workers 2 --out "$OUT" "$@" \
+        2>&1 | grep -v -e resource_tracker -e "warnings.warn" | tee -a "$OUT/harness.log"
+    echo "[cpu-grid] $(date -u +%H:%M:%S) step $name done: $(grep -E 'User time|System time|Elapsed' "$OUT/time_$name.txt" | tr -s ' ' | tr '\n' ';')" | tee -a "$OUT/steps.log"
+}
+step 1_ctl_001 --only ctl,001
+step 2_002 --only 002
+step 3_003_dpo --only 003 --settings "dpo noise=0.0;dpo noise=0.4"
+step 4_000 --only 000
+step 5_003_other --only 003 --settings "ipo noise=0.0;slic noise=0.0;simpo noise=0.0"
+python benchmarks/seeds/run.py --seeds "$SEEDS" --out "$OUT" --report-only 2>&1 | grep -v -e resource_tracker -e "warnings.warn" | tail -2
