@@ -13,6 +13,11 @@ cd "$(dirname "$0")/../.."
 OUT=${1:?usage: cpu_grid.sh OUT [SEEDS]}
 SEEDS=${2:-4}
 mkdir -p "$OUT"
+# the project's environment ($VENV, default the shared checkout's .venv), checked before anything runs:
+# a pool whose workers cannot import torch would respawn them forever
+VENV=${VENV:-/work/main/.venv}
+[ -f "$VENV/bin/activate" ] && . "$VENV/bin/activate"
+python -c "import torch, pyarrow, transformers" || { echo "[cpu-grid] python $(command -v python) lacks torch/pyarrow/transformers: set VENV" >&2; exit 2; }
 export OMP_NUM_THREADS=1 TOKENIZERS_PARALLELISM=false HF_HUB_OFFLINE=1 WANDB_MODE=offline
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 ( while true; do echo "$(date -u +%H:%M:%S) $(cut -d' ' -f1-3 /proc/loadavg)" >> "$OUT/load.log"; sleep 60; done ) &
