@@ -26,8 +26,8 @@ one evaluation (every held-out prompt x ``eval_samples`` answers, its own sample
   "offline" = one training stage on D against the SFT reference with as many epochs as the
   iterative methods have iterations (the same number of passes over D).
 - 000 active reward modelling (Shen et al.): eight strategies x in-prompt / cross-prompt
-  pools, on an embedding on which the gold reward is learnable (the world: the gold reward
-  model's last hidden state); a ceiling run (strategy 'all': every in-prompt pair labelled
+  pools, on an embedding on which the gold reward is learnable (the world: the raw counts its
+  gold reward is a function of, iterdpo.toy.world_task.features); a ceiling run (strategy 'all': every in-prompt pair labelled
   in one round) gates the comparison (verdicts.py: its 1 - Spearman must be < 0.5).
 - ctl, the positive control: random selection with oracle labels, in 001's setup (verdicts.py:
   it must beat the initial policy by more than 2 standard errors, or the grid is uninformative).
@@ -104,8 +104,10 @@ WORLDS: dict[str, dict[str, list[str]]] = {
         "rm_labels": ["annotate.annotator=reward_model", "annotate.reward_model={gold_rm}", "evaluate.judge=gold"],
         "oracle_labels": ["annotate.annotator=gold", "evaluate.judge=gold"],
         "offline": ["sera.offline=world"],
-        # the gold reward model's last hidden state: gold is learnable on it (the ceiling run checks)
-        "arm_embedding": ["arm.embedding=reward_model", "annotate.reward_model={gold_rm}"],
+        # the world's gold features (iterdpo.toy.world_task.features): gold is learnable on them (the ceiling run
+        # checks: 1 - Spearman 0.183, seed 0). The gold reward model's last hidden state (arm.embedding=reward_model)
+        # was tried first: ceiling 0.702, as the RM's own score only reaches 0.68-0.78 per prompt on SFT samples.
+        "arm_embedding": ["arm.embedding=task_features"],
         "warm_offline": ["sera.offline=world", "sera.offline_length_bias=0.0"],  # pi_0's offline DPO: clean gold labels
     },
 }

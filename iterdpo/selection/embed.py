@@ -16,6 +16,10 @@ Two sources, both offline:
   at least what that RM learnt (the world's ``gold_rm``: a Bradley-Terry fit to gold
   labels); used where the policy's own states carry too little of the gold reward.
   ``[n, hidden_size]``.
+- ``task_features``: the world task's raw counts its gold reward is a capped, clipped
+  function of (:func:`iterdpo.toy.world_task.features`, 19 dims): an embedding on which
+  gold is learnable by construction, for testing selection designs in the regime their
+  papers assume (the reward a smooth function of the embedding).
 
 :func:`with_embeddings` adds an ``embedding`` column (list<float32>) to a completions or
 scored table, which is what :func:`iterdpo.selection.arm.select_arm` reads.
@@ -130,3 +134,13 @@ def reward_model_embeddings(completions: pa.Table, model_path: str, *, batch_tok
             last = attn.sum(1) - 1  # right padding: the last real token
             out[idx] = hidden[torch.arange(len(idx)), last].float().numpy()
     return out
+
+
+def task_feature_embeddings(completions: pa.Table, task: str | None) -> np.ndarray:
+    """``[n, 19]`` the world task's gold features of each (prompt, completion)."""
+    if task != "world":
+        raise ValueError(f"arm.embedding 'task_features' exists for the world task only (annotate.gold 'world'), got {task!r}")
+    from iterdpo.toy.world_task import features
+
+    rows = zip(completions.column("prompt").to_pylist(), completions.column("completion").to_pylist(), strict=True)
+    return np.array([features(x, y) for x, y in rows], dtype=np.float32).reshape(completions.num_rows, -1)

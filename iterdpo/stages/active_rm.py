@@ -50,6 +50,8 @@ def _embed(call: Call) -> dict:
         if a.embedding == "policy":
             e = embed.policy_embeddings(table, call.model("model"), tokenizer_path=cfg.model.tokenizer, max_prompt_length=cfg.model.max_prompt_length,
                                         max_length=cfg.model.max_length, batch_tokens=cfg.score.batch_tokens)
+        elif a.embedding == "task_features":
+            e = embed.task_feature_embeddings(table, cfg.annotate.gold)
         elif a.embedding == "reward_model":
             e = embed.reward_model_embeddings(table, call.model("reward_model"), batch_tokens=cfg.score.batch_tokens)
         else:
