@@ -27,7 +27,7 @@ step() {  # name, run.py arguments
     local name=$1; shift
     echo "[cpu-grid] $(date -u +%H:%M:%S) step $name: $*" | tee -a "$OUT/steps.log"
     /usr/bin/time -v -o "$OUT/time_$name.txt" python benchmarks/seeds/run.py --seeds "$SEEDS" --workers 2 --out "$OUT" "$@" \
-        2>&1 | grep -v -e resource_tracker -e "warnings.warn" | tee -a "$OUT/harness.log"
+        2>&1 | grep --line-buffered -v -e resource_tracker -e "warnings.warn" | tee -a "$OUT/harness.log"
     echo "[cpu-grid] $(date -u +%H:%M:%S) step $name done: $(grep -E 'User time|System time|Elapsed' "$OUT/time_$name.txt" | tr -s ' ' | tr '\n' ';')" | tee -a "$OUT/steps.log"
 }
 step 1_ctl_001 --only ctl,001
@@ -35,4 +35,4 @@ step 2_002 --only 002
 step 3_003_dpo --only 003 --settings "dpo noise=0.0;dpo noise=0.4"
 step 4_000 --only 000
 step 5_003_other --only 003 --settings "ipo noise=0.0;slic noise=0.0;simpo noise=0.0"
-python benchmarks/seeds/run.py --seeds "$SEEDS" --out "$OUT" --report-only 2>&1 | grep -v -e resource_tracker -e "warnings.warn" | tail -2
+python benchmarks/seeds/run.py --seeds "$SEEDS" --out "$OUT" --report-only 2>&1 | grep --line-buffered -v -e resource_tracker -e "warnings.warn" | tail -2
