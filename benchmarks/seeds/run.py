@@ -317,6 +317,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="extra overrides for every run (e.g. train.learning_rate=1e-4); use a fresh --out: records are keyed by run id only")
     p.add_argument("--settings", default=None, help="only these settings of the chosen papers, ';'-separated (e.g. 'dpo noise=0.0;dpo noise=0.4'); "
                    "the report still covers every finished run of the papers")
+    p.add_argument("--paper-seeds", default="", metavar="PAPER=N,...",
+                   help="more (or fewer) seeds for some papers, e.g. 000=12 (000 costs ~20 CPU-s a seed); the others get --seeds")
     p.add_argument("--report-only", action="store_true", help="write the results files from the finished records; run nothing")
     a = p.parse_args(argv)
     papers = [x.strip() for x in a.only.split(",") if x.strip()]
@@ -327,7 +329,14 @@ def main(argv: list[str] | None = None) -> int:
     results = Path(a.results).resolve() if a.results else out / "results"
 
     needs_pi0 = any(x in papers for x in ("001", "ctl"))
-    jobs = build_grid(a.size, seeds, papers, a.world, pi0=str(out / "warm" / WARM_POLICY))
+    per_paper = {}
+    for item in filter(None, (x.strip() for x in a.paper_seeds.split(","))):
+        paper, _, n = item.partition("=")
+        if paper not in PAPERS or not n.isdigit():
+            p.error(f"--paper-seeds: {item!r} is not PAPER=N with PAPER in {','.join(PAPERS)}")
+        per_paper[paper] = list(range(int(n)))
+    jobs = [j for paper in papers for j in build_grid(a.size, per_paper.get(paper, seeds), [paper], a.world, pi0=str(out / "warm" / WARM_POLICY))]
+    jobs.sort(key=lambda j: (j.specs[0].seed, -j.cost))  # seed-major over every paper, as build_grid orders one call
     for j in jobs:
         j.specs = [replace(s, overrides=(*s.overrides, *a.set)) for s in j.specs]
     keep = None if a.settings is None else {x.strip() for x in a.settings.split(";") if x.strip()}
@@ -369,7 +378,7 @@ def main(argv: list[str] | None = None) -> int:
     from report import write_report
 
     write_report([s for j in jobs for s in j.specs], out / "records", results,
-                 meta={"size": a.size, "world": a.world, "seeds": seeds, "workers": a.workers, "extra": a.set, "wall_seconds": round(wall, 1),
+                 meta={"size": a.size, "world": a.world, "seeds": seeds, "paper_seeds": {k: len(v) for k, v in per_paper.items()}, "workers": a.workers, "extra": a.set, "wall_seconds": round(wall, 1),
                        "runs": total, "ran_now": pending - failed, "cpu_seconds": round(cpu, 1),
                        "load_average_start": load_start[0], "load_average_end": os.getloadavg()[0],
                        "warm_start": json.loads((out / "warm" / "warm.json").read_text()) if (out / "warm" / "warm.json").exists() else None})
