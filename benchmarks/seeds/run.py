@@ -342,11 +342,15 @@ def main(argv: list[str] | None = None) -> int:
     keep = None if a.settings is None else {x.strip() for x in a.settings.split(";") if x.strip()}
     todo = [Job([s for s in j.specs if not (out / "records" / f"{s.run_id}.json").exists() and (keep is None or s.setting in keep)], j.cost)
             for j in jobs]
-    todo = [j for j in todo if j.specs and not a.report_only]
+    todo = [j for j in todo if j.specs]
     total = sum(len(j.specs) for j in jobs)
     pending = sum(len(j.specs) for j in todo)
-    print(f"[harness] size={a.size} world={a.world} seeds={seeds} papers={papers} extra={a.set}: {total} runs, {total - pending} finished before, "
-          f"{pending} to run on {a.workers} worker(s); out {out}", flush=True)
+    finished = sum(1 for j in jobs for s in j.specs if (out / "records" / f"{s.run_id}.json").exists())
+    print(f"[harness] size={a.size} world={a.world} seeds={seeds} paper seeds={ {k: len(v) for k, v in per_paper.items()} } papers={papers} "
+          f"extra={a.set}: {total} runs, {finished} finished before, {pending} to run{' (--report-only: none run)' if a.report_only else ''} "
+          f"on {a.workers} worker(s); out {out}", flush=True)
+    if a.report_only:
+        todo, pending = [], 0
     start = time.time()
     load_start = os.getloadavg()
     failed = 0
