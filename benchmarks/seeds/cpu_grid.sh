@@ -3,11 +3,11 @@
 #   bash benchmarks/seeds/cpu_grid.sh OUT [SEEDS]            (default 4 seeds)
 # Steps (each a run.py invocation on the same OUT, so a killed script resumes from the records),
 # the cheap and the primary claims first:
-#   1. 000 (active reward modelling + its ceiling; ~10 CPU-s a seed)
+#   1. 000 (active reward modelling + its ceiling; ~20 CPU-s a seed)
 #   2. the positive control and 001's margin comparison    2b. 000's seeds 4-11 (claims.yaml, 09:08)
-#   3. 003 with DPO at noise 0.4 (primary)
-#   4. 002 (APL)     5. 003 with DPO at noise 0 (primary)    6. 001's budget schedules (secondary)
-#   7. 003 with IPO, SLiC, SimPO at noise 0 (secondary)
+#   2c. seed 0 of 002 and of 003 (DPO, noise 0.4): one run per setup, for the cost table
+#   3. 003 with DPO at noise 0.4 (primary)   4. 002 (APL)   5. 003 with DPO at noise 0 (primary)
+#   6. 001's budget schedules (secondary)    7. 003 with IPO, SLiC, SimPO at noise 0 (secondary)
 # then one report over every finished run into OUT/results. Two workers, one torch thread each.
 # Cost: `uptime` every 60 s into OUT/load.log; /usr/bin/time -v of each step into OUT/time_*.txt
 # (user + sys = CPU-seconds of the step, workers included).
@@ -36,6 +36,7 @@ step() {  # name, run.py arguments
 step 1_000 --only 000
 step 2_ctl_001 --only ctl,001 --settings "control;margin"
 step 2b_000_more --only 000 --paper-seeds 000=12
+step 2c_cost_probe --only 002,003 --seeds 1 --settings "acquisition;dpo noise=0.4"
 step 3_003_dpo_noise04 --only 003 --settings "dpo noise=0.4"
 step 4_002 --only 002
 step 5_003_dpo_noise0 --only 003 --settings "dpo noise=0.0"
