@@ -55,9 +55,9 @@ LOSS_OVERRIDES = {
     "simpo": ["train.loss=simpo", "train.beta=2.0", "run.reference=none"],
 }
 
-# Sizes. 'full' is the CPU grid (benchmarks/seeds/README.md: measured per-run costs, 60 min on
-# 2 cores); 'gpu' the same setups larger for one H200 (benchmarks/seeds/gpu_grid.sh); 'smoke'
-# the smallest size that still runs every strategy (CI).
+# Sizes. 'full' is the grid of benchmarks/seeds/README.md (measured per-run CPU-seconds; the CPU
+# grid runs it at 4 seeds, 000 at 12; benchmarks/seeds/gpu_grid.sh at more seeds on 16 cores);
+# 'smoke' the smallest size that still runs every strategy (CI).
 SIZES: dict[str, dict] = {
     "full": {
         "eval_prompts": 200, "eval_samples": 2, "max_tokens": 48, "lr": 3e-4,
@@ -67,15 +67,6 @@ SIZES: dict[str, dict] = {
         "arm": {"prompts": 128, "n": 6, "rounds": 4, "batch": 32, "test_prompts": 48},
         "sera": {"iterations": 3, "offline_size": 512, "n": 4,
                  "settings": (("dpo", 0.0), ("dpo", 0.4), ("ipo", 0.0), ("slic", 0.0), ("simpo", 0.0))},
-    },
-    "gpu": {
-        "eval_prompts": 200, "eval_samples": 8, "max_tokens": 48, "lr": 3e-4,
-        "warm": {"offline_size": 1024, "epochs": 1, "lr": 1e-4},
-        "margin": {"iterations": 3, "prompts": 512, "n": 8, "epochs": 2},
-        "apl": {"iterations": 4, "prompts": 512, "fraction": 0.125, "epochs": 4, "temperature": 0.7},
-        "arm": {"prompts": 256, "n": 6, "rounds": 4, "batch": 64, "test_prompts": 96},
-        "sera": {"iterations": 3, "offline_size": 1024, "n": 4,
-                 "settings": tuple((loss, n) for loss in ("dpo", "ipo", "slic", "simpo") for n in (0.0, 0.4))},
     },
     "smoke": {
         "eval_prompts": 16, "eval_samples": 1, "max_tokens": 16, "lr": 3e-4,
