@@ -130,8 +130,9 @@ def markdown(agg: dict, rows: list[dict], meta: dict, missing: list[str]) -> str
                  "(task build included). Cells: mean ± standard error over seeds (sd / sqrt(n)).")
     lines.append("")
     if meta.get("cpu_seconds") is not None:
-        lines += [f"Cost: {meta['cpu_seconds']:.0f} CPU-s (harness + workers), load average {meta.get('load_average_start', float('nan')):.1f} "
-                  f"at start and {meta.get('load_average_end', float('nan')):.1f} at end; runs' own CPU-s by paper: "
+        head = (f"Cost of this invocation: {meta['cpu_seconds']:.0f} CPU-s (harness + workers), load average {meta.get('load_average_start', float('nan')):.1f} "
+                f"at start and {meta.get('load_average_end', float('nan')):.1f} at end; " if meta.get("ran_now") else "Report only (no run by this invocation); ")
+        lines += [head + "runs' own CPU-s by paper: "
                   + ", ".join(f"{k} {v['sum']:.0f} ({v['runs']} runs, {v['mean']:.0f} each)" for k, v in meta.get("run_cpu_seconds_by_paper", {}).items())
                   + f". Claims file sha1 {meta.get('claims_sha1')}.", ""]
     if meta.get("warm_start"):
