@@ -336,8 +336,10 @@ class ArmConfig(_Section):
     batch: int = Field(64, ge=1, description="Pairs labelled per round.")
     solver: Literal["greedy", "topc"] = Field("greedy", description="Log-det strategies: greedy rank-one design, or the paper's top-c leverage.")
     sigma: float = Field(1.0, gt=0.0, description="Prior std of the last-layer weights (the I/sigma^2 term of the design matrix).")
-    embedding: Literal["policy", "minilm"] = Field(
-        "policy", description="e(x, y): the initial policy's mean last hidden state over the response, or all-MiniLM-L6-v2 (extra 'embed')."
+    embedding: Literal["policy", "minilm", "reward_model", "task_features"] = Field(
+        "policy", description="e(x, y): the initial policy's mean last hidden state over the response, all-MiniLM-L6-v2 (extra 'embed'), "
+        "'reward_model': the final hidden state annotate.reward_model's scalar head reads (its score is linear in it), "
+        "or 'task_features': the world task's raw counts its gold reward is a function of (annotate.gold 'world'; iterdpo.toy.world_task.features)."
     )
     hidden: int = Field(64, ge=1, description="Units per hidden layer of the reward MLP.")
     layers: int = Field(3, ge=1, description="Hidden layers of the reward MLP.")
@@ -419,6 +421,8 @@ class Config(_Section):
         if self.run.reference == "none" and self.model.reference != "fixed-initial":
             raise ValueError("model.reference names a reference model but run.reference 'none' trains without one: "
                              "set run.reference 'fixed' or 'previous', or model.reference 'fixed-initial'")
+        if self.arm.embedding == "reward_model" and not self.annotate.reward_model:
+            raise ValueError("arm.embedding 'reward_model' embeds with annotate.reward_model's hidden states: set annotate.reward_model")
         if self.run.init == "reset" and self.run.reference == "previous":
             raise ValueError("run.init 'reset' retrains the initial model, so run.reference must be 'fixed' or 'none'")
         counts = self.data.prompts_per_iteration

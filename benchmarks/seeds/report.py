@@ -21,6 +21,7 @@ from pathlib import Path
 import verdicts
 from grid import (
     APL_STRATEGIES,
+    ARM_CEILING,
     ARM_POOLS,
     ARM_STRATEGIES,
     LOSSES,
@@ -42,12 +43,14 @@ TITLES = {
 # columns of each paper's tables; the first is the main metric (ranked; +1 higher is better, -1 lower)
 METRICS = {
     "000": [("one_minus_spearman", -1), ("best_of_n", 1)],
-    "001": [("gold_win_rate_vs_sft", 1), ("mean_gold_reward", 1), ("mean_length", 0), ("pairs_trained", 0)],
-    "002": [("gold_win_rate_vs_sft", 1), ("mean_gold_reward", 1), ("mean_length", 0), ("pairs_trained", 0)],
-    "003": [("gold_win_rate_vs_sft", 1), ("mean_gold_reward", 1), ("sft_implicit_reward_length_pearson", 0), ("mean_length", 0)],
+    "001": [("gold_reward_gain", 1), ("gold_win_rate_vs_sft", 1), ("mean_gold_reward", 1), ("mean_length", 0), ("pairs_trained", 0)],
+    "002": [("gold_reward_gain", 1), ("gold_win_rate_vs_sft", 1), ("mean_gold_reward", 1), ("mean_length", 0), ("pairs_trained", 0)],
+    "003": [("gold_reward_gain", 1), ("gold_win_rate_vs_sft", 1), ("dataset_implicit_reward_length_pearson", 0),
+            ("sft_implicit_reward_length_pearson", 0), ("offline_label_error", 0), ("kept_offline_label_error", 0),
+            ("bootstrap_label_accuracy", 0), ("bootstrap_chosen_longer", 0), ("mean_length", 0)],
     "ctl": [("gold_reward_gain", 1), ("gold_win_rate_vs_sft", 1), ("mean_gold_reward", 1), ("mean_length", 0)],
 }
-ORDER = {"000": ARM_STRATEGIES, "001": (*MARGIN_STRATEGIES, *SCHEDULES), "002": APL_STRATEGIES, "003": SERA_METHODS, "ctl": ("random-oracle",)}
+ORDER = {"000": (*ARM_STRATEGIES, ARM_CEILING), "001": (*MARGIN_STRATEGIES, *SCHEDULES), "002": APL_STRATEGIES, "003": SERA_METHODS, "ctl": ("random-oracle",)}
 
 
 def mean_se(xs: list[float]) -> tuple[float, float, int]:
@@ -126,6 +129,17 @@ def markdown(agg: dict, rows: list[dict], meta: dict, missing: list[str]) -> str
                  f"{meta['runs']} runs in the grid, {meta['ran_now']} run by the last invocation in {meta['wall_seconds']:.0f} s wall "
                  "(task build included). Cells: mean ± standard error over seeds (sd / sqrt(n)).")
     lines.append("")
+    if meta.get("cpu_seconds") is not None:
+        head = (f"Cost of this invocation: {meta['cpu_seconds']:.0f} CPU-s (harness + workers), load average {meta.get('load_average_start', float('nan')):.1f} "
+                f"at start and {meta.get('load_average_end', float('nan')):.1f} at end; " if meta.get("ran_now") else "Report only (no run by this invocation); ")
+        lines += [head + "runs' own CPU-s by paper: "
+                  + ", ".join(f"{k} {v['sum']:.0f} ({v['runs']} runs, {v['mean']:.0f} each)" for k, v in meta.get("run_cpu_seconds_by_paper", {}).items())
+                  + f". Claims file sha1 {meta.get('claims_sha1')}.", ""]
+    if meta.get("warm_start"):
+        w = meta["warm_start"]
+        lines += [f"pi_0 of 001 and the control (offline-DPO warm start, {sum(w['pairs'])} pairs): gold gain over the SFT model "
+                  f"{w['gold_reward_gain']:+.4f} {w.get('gold_reward_gain_ci95')}, win rate {w['win_rate']:.3f}, mean length "
+                  f"{w['mean_length']:.1f} (SFT {w['baseline_mean_length']:.1f}).", ""]
     if missing:
         lines += [f"**{len(missing)} run(s) missing (failed or not run):** " + ", ".join(missing), ""]
     for paper in sorted({k[0] for k in agg}):
@@ -270,7 +284,14 @@ def write_report(specs: list[Spec], records_dir: Path, out: Path, meta: dict) ->
         for (p, st, s, m), (mean, se, n) in sorted(agg.items()):
             w.writerow([p, st, s, m, f"{mean:.6g}", "" if math.isnan(se) else f"{se:.6g}", n])
     walls = [r["wall_seconds"] for r in recs]
-    meta = {**meta, "run_wall_seconds_sum": round(sum(walls), 1)}
+    cpus = [r.get("cpu_seconds") for r in recs if r.get("cpu_seconds") is not None]
+    meta = {**meta, "run_wall_seconds_sum": round(sum(walls), 1), "run_cpu_seconds_sum": round(sum(cpus), 1),
+            "claims_sha1": verdicts.load_claims()["sha1"]}
+    costs: dict[str, list[float]] = defaultdict(list)  # per-run cost by paper: what sizes a grid
+    for r in recs:
+        if r.get("cpu_seconds") is not None:
+            costs[r["paper"]].append(r["cpu_seconds"])
+    meta["run_cpu_seconds_by_paper"] = {k: {"runs": len(v), "sum": round(sum(v), 1), "mean": round(sum(v) / len(v), 1)} for k, v in sorted(costs.items())}
     (out / "results.md").write_text(markdown(agg, rows, meta, missing))
     (out / "meta.json").write_text(json.dumps({**meta, "missing": missing}, indent=1))
     plots(agg, recs, out)

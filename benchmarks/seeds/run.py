@@ -42,7 +42,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
 sys.path[:0] = [str(ROOT), str(HERE)]  # iterdpo from this checkout; grid / report beside this file
 
-from grid import PAPERS, SIZES, WORLDS, Job, Spec, build_grid  # noqa: E402
+from grid import PAPERS, SIZES, WARM_POLICY, WORLDS, Job, Spec, build_grid, warm_start_argv  # noqa: E402
 
 # --- worker side: one process runs many runs, torch imported once ----------------------
 
@@ -102,7 +102,8 @@ def config_of(spec: Spec) -> str:
 
 
 def argv_of(spec: Spec, out: Path) -> list[str]:
-    name = f"000-arm-s{spec.seed}" if spec.paper == "000" else spec.run_id  # ARM strategies share a run dir
+    # ARM strategies share a run dir (responses, embeddings); the ceiling's random-in-prompt round folder would clash: its own
+    name = f"000-arm-s{spec.seed}" if spec.paper == "000" and spec.setting != "ceiling" else spec.run_id
     return ["--config", config_of(spec), *spec.overrides, f"run.output_dir={out / 'runs'}", f"run.name={name}"]
 
 
@@ -126,6 +127,57 @@ def length_correlation(argv: list[str]) -> dict:
     return {"sft_implicit_reward_length_pearson": pearson(rewards, lengths), "sft_implicit_reward_mean": sum(rewards) / len(rewards)}
 
 
+def sera_diagnostics(run, cfg) -> dict:
+    """What SeRA's selection and bootstrapping did, measured against gold (issue #13):
+
+    - ``offline_label_error``: share of D's pairs whose label disagrees with gold (gold ties left out);
+    - ``kept_offline_label_error``: the same over the offline pairs trained on in iterations >= 2
+      (SeRA keeps the top-k1 by implicit-reward margin there; 'iterative' keeps all of D, so its
+      value is D's; 'offline' has one iteration: NaN);
+    - ``bootstrap_label_accuracy`` / ``bootstrap_chosen_longer``: of the self-labelled
+      (bootstrapped) pairs, the share whose implicit-reward label agrees with gold, and whose
+      chosen response has more words;
+    - ``dataset_implicit_reward_length_pearson``: Pearson, over D's responses (chosen and
+      rejected), of the final policy's implicit reward against the SFT model with length in
+      tokens: the paper's measurement (on dataset responses); ``sft_implicit_reward_length_pearson``
+      is the same on the policy's own held-out answers.
+    """
+    from iterdpo import scoring
+    from iterdpo.annotation.gold import gold_reward_fn
+    from iterdpo.evaluation import pearson
+    from iterdpo.pipeline import artifacts
+    from iterdpo.pipeline.engine import stage_dir
+    from iterdpo.stages.sera import offline_completions
+
+    gold = gold_reward_fn(cfg.annotate.gold)
+
+    def error(rows: list[dict]) -> tuple[float, float]:
+        """(share gold-wrong, share chosen longer) of labelled rows; gold ties left out of the first."""
+        judged = [(gold(r["prompt"], r["chosen"]), gold(r["prompt"], r["rejected"])) for r in rows]
+        decided = [c < r for c, r in judged if c != r]
+        longer = [len(r["chosen"].split()) > len(r["rejected"].split()) for r in rows]
+        nan = float("nan")
+        return (sum(decided) / len(decided) if decided else nan), (sum(longer) / len(longer) if longer else nan)
+
+    offline = artifacts.read(stage_dir(run, run.pipeline, "offline", None), "offline_pairs")
+    out = {"offline_label_error": error(offline.to_pylist())[0]}
+    kept, boot = [], []
+    for k in range(1, cfg.run.iterations + 1):
+        rows = artifacts.read(stage_dir(run, run.pipeline, "annotate", k), "labelled").to_pylist()
+        if k >= 2:
+            kept += [r for r in rows if r["label_source"] == "offline"]
+        boot += [r for r in rows if r["label_source"] == "implicit"]
+    out["kept_offline_label_error"] = error(kept)[0]
+    out["kept_offline_pairs"] = float(len(kept))
+    err, longer = error(boot)
+    out.update(bootstrap_label_accuracy=1.0 - err, bootstrap_chosen_longer=longer, bootstrap_pairs=float(len(boot)))
+    k = cfg.run.iterations
+    scored = scoring.score(offline_completions(offline), run.policy(k), run.initial_model(), tokenizer_path=cfg.model.tokenizer,
+                           model_cfg=cfg.model, beta=cfg.score.beta, batch_tokens=cfg.score.batch_tokens, local=True)
+    out["dataset_implicit_reward_length_pearson"] = pearson(scored.column("reward").to_pylist(), scored.column("num_tokens").to_pylist())
+    return out
+
+
 def run_final_eval(argv: list[str]) -> dict:
     """SeRA's recipe loop (recipes/seraidpo.py) with the held-out evaluation of the last
     iteration only: the SeRA grid reports the final policy, and evaluating every iterate
@@ -142,9 +194,12 @@ def run_final_eval(argv: list[str]) -> dict:
         for stage in STAGES:
             if stage != "evaluate" or k == last:
                 run_stage(run, stage, k)
-    close_run(run)
+    try:
+        diagnostics = sera_diagnostics(run, cfg)
+    finally:
+        close_run(run)
     return {"evaluate": run.stats(last, "evaluate"), "baseline_mean_gold_reward": run.stats(last, "evaluate").get("baseline_mean_gold_reward"),
-            "pairs": [run.stats(k, "train")["pairs"] for k in range(1, last + 1)]}
+            "pairs": [run.stats(k, "train")["pairs"] for k in range(1, last + 1)], "diagnostics": diagnostics}
 
 
 def metrics_of(spec: Spec, argv: list[str], summary: dict) -> tuple[dict, list[dict]]:
@@ -160,6 +215,7 @@ def metrics_of(spec: Spec, argv: list[str], summary: dict) -> tuple[dict, list[d
              "sft_mean_gold_reward": ev.get("baseline_mean_gold_reward"), "mean_length": ev["mean_length"],
              "pairs_trained": float(sum(summary["pairs"]))}
         m.update(length_correlation(argv))
+        m.update(summary["diagnostics"])
         return m, [{"iteration": k + 1, "pairs_trained": p} for k, p in enumerate(summary["pairs"])]
     its = summary["iterations"]
     curve = [{"iteration": i["iteration"], "pairs_trained": i["pairs_trained"], "gold_win_rate_vs_sft": i["gold_win_rate_vs_sft"],
@@ -181,7 +237,7 @@ def run_job(job: Job, out: str) -> list[dict]:
         if record_path.exists():
             continue
         argv = argv_of(spec, out_dir)
-        start = time.time()
+        start, cpu_start = time.time(), time.process_time()  # process CPU time: every thread of this worker
         error = None
         with _output_to(out_dir / "logs" / f"{spec.run_id}.log") as console:
             try:
@@ -191,13 +247,14 @@ def run_job(job: Job, out: str) -> list[dict]:
             except Exception:  # one failed run must not stop the others: report it, keep going
                 error = traceback.format_exc()
                 print(error, flush=True)
-            wall = time.time() - start
+            wall, cpu = time.time() - start, time.process_time() - cpu_start
             with _COUNTER.get_lock():
                 _COUNTER.value += 1
                 n = _COUNTER.value
             if error is None:
                 record = {"run_id": spec.run_id, "paper": spec.paper, "setting": spec.setting, "strategy": spec.strategy,
-                          "seed": spec.seed, "recipe": spec.recipe, "argv": argv, "wall_seconds": round(wall, 2),
+                          "seed": spec.seed, "recipe": spec.recipe, "argv": argv, "wall_seconds": round(wall, 2), "cpu_seconds": round(cpu, 2),
+                          "load_average": os.getloadavg()[0],
                           "metrics": {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in metrics.items()},
                           "curve": curve, "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S")}
                 record_path.parent.mkdir(parents=True, exist_ok=True)
@@ -206,7 +263,7 @@ def run_job(job: Job, out: str) -> list[dict]:
                 os.replace(tmp, record_path)  # atomic: a record exists only for a finished run
                 done.append(record)
                 head = ", ".join(f"{k} {v:.3f}" for k, v in list(record["metrics"].items())[:2] if isinstance(v, float))
-                status = f"done in {wall:5.1f} s  {head}"
+                status = f"done in {wall:5.1f} s ({cpu:5.1f} CPU-s, load {os.getloadavg()[0]:.1f})  {head}"
             else:
                 status = f"FAILED after {wall:.1f} s: {error.strip().splitlines()[-1]} (log: {out_dir / 'logs' / (spec.run_id + '.log')})"
             console.write(f"[harness] {n:>3}/{_TOTAL} {time.time() - _START:6.0f} s  {spec.run_id:<40} {status}\n")
@@ -228,6 +285,25 @@ def ensure_task(world: str) -> None:
         ensure_toy()
 
 
+def warm_start(size: str, world: str, out: Path, extra: list[str]) -> dict:
+    """001's and the control's pi_0: one offline-DPO run (grid.warm_start_argv), built once
+    under ``<out>/warm`` before the workers start; its record ``<out>/warm/warm.json``
+    (evaluation of pi_0 against the SFT model) makes a rerun skip it."""
+    record = out / "warm" / "warm.json"
+    if record.exists():
+        return json.loads(record.read_text())
+    start = time.time()
+    argv = ["--config", str(ROOT / "recipes" / "configs" / "toy" / "seraidpo.yaml"), *warm_start_argv(size, world, str(out / "warm")), *extra]
+    with _output_to(out / "logs" / "warm-pi0.log"):
+        summary = run_final_eval(argv)
+    ev = summary["evaluate"]
+    rec = {"argv": argv, "policy": str(out / "warm" / WARM_POLICY), "wall_seconds": round(time.time() - start, 1),
+           "pairs": summary["pairs"], **{k: ev.get(k) for k in ("win_rate", "mean_gold_reward", "baseline_mean_gold_reward", "gold_reward_gain",
+                                                                 "gold_reward_gain_ci95", "mean_length", "baseline_mean_length")}}
+    record.write_text(json.dumps(rec, indent=1))
+    return rec
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--size", choices=sorted(SIZES), default="full", help="full: ~40 min on 2 cores; smoke: the CI check")
@@ -239,6 +315,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--results", default=None, help="where results.csv / results.md / plots go (default: <out>/results)")
     p.add_argument("--set", nargs="*", default=[], metavar="section.key=value",
                    help="extra overrides for every run (e.g. train.learning_rate=1e-4); use a fresh --out: records are keyed by run id only")
+    p.add_argument("--settings", default=None, help="only these settings of the chosen papers, ';'-separated (e.g. 'dpo noise=0.0;dpo noise=0.4'); "
+                   "the report still covers every finished run of the papers")
+    p.add_argument("--paper-seeds", default="", metavar="PAPER=N,...",
+                   help="more (or fewer) seeds for some papers, e.g. 000=12 (000 costs ~20 CPU-s a seed); the others get --seeds")
+    p.add_argument("--report-only", action="store_true", help="write the results files from the finished records; run nothing")
     a = p.parse_args(argv)
     papers = [x.strip() for x in a.only.split(",") if x.strip()]
     if bad := [x for x in papers if x not in PAPERS]:
@@ -247,21 +328,40 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(a.out).resolve()
     results = Path(a.results).resolve() if a.results else out / "results"
 
-    jobs = build_grid(a.size, seeds, papers, a.world)
+    needs_pi0 = any(x in papers for x in ("001", "ctl"))
+    per_paper = {}
+    for item in filter(None, (x.strip() for x in a.paper_seeds.split(","))):
+        paper, _, n = item.partition("=")
+        if paper not in PAPERS or not n.isdigit():
+            p.error(f"--paper-seeds: {item!r} is not PAPER=N with PAPER in {','.join(PAPERS)}")
+        per_paper[paper] = list(range(int(n)))
+    jobs = [j for paper in papers for j in build_grid(a.size, per_paper.get(paper, seeds), [paper], a.world, pi0=str(out / "warm" / WARM_POLICY))]
+    jobs.sort(key=lambda j: (j.specs[0].seed, -j.cost))  # seed-major over every paper, as build_grid orders one call
     for j in jobs:
         j.specs = [replace(s, overrides=(*s.overrides, *a.set)) for s in j.specs]
-    todo = [Job([s for s in j.specs if not (out / "records" / f"{s.run_id}.json").exists()], j.cost) for j in jobs]
+    keep = None if a.settings is None else {x.strip() for x in a.settings.split(";") if x.strip()}
+    todo = [Job([s for s in j.specs if not (out / "records" / f"{s.run_id}.json").exists() and (keep is None or s.setting in keep)], j.cost)
+            for j in jobs]
     todo = [j for j in todo if j.specs]
     total = sum(len(j.specs) for j in jobs)
     pending = sum(len(j.specs) for j in todo)
-    print(f"[harness] size={a.size} world={a.world} seeds={seeds} papers={papers} extra={a.set}: {total} runs, {total - pending} finished before, "
-          f"{pending} to run on {a.workers} worker(s); out {out}", flush=True)
+    finished = sum(1 for j in jobs for s in j.specs if (out / "records" / f"{s.run_id}.json").exists())
+    print(f"[harness] size={a.size} world={a.world} seeds={seeds} paper seeds={ {k: len(v) for k, v in per_paper.items()} } papers={papers} "
+          f"extra={a.set}: {total} runs, {finished} finished before, {pending} to run{' (--report-only: none run)' if a.report_only else ''} "
+          f"on {a.workers} worker(s); out {out}", flush=True)
+    if a.report_only:
+        todo, pending = [], 0
     start = time.time()
+    load_start = os.getloadavg()
     failed = 0
     if todo:
         t0 = time.time()
         ensure_task(a.world)
         print(f"[harness] task ready in {time.time() - t0:.0f} s", flush=True)
+        if needs_pi0:
+            warm = warm_start(a.size, a.world, out, a.set)
+            print(f"[harness] pi_0 (offline DPO warm start) ready: {warm['policy']} ({warm['wall_seconds']} s; gold gain vs SFT "
+                  f"{warm['gold_reward_gain']}, win rate {warm['win_rate']})", flush=True)
         import multiprocessing as mp
         import signal
 
@@ -271,15 +371,21 @@ def main(argv: list[str] | None = None) -> int:
         with ctx.Pool(a.workers, initializer=_init_worker, initargs=(counter, pending, start)) as pool:
             for _ in pool.imap_unordered(_run_job_args, [(j, str(out)) for j in todo]):
                 pass  # each worker prints a line per finished run
-        failed = sum(1 for j in jobs for s in j.specs if not (out / "records" / f"{s.run_id}.json").exists())
+        failed = sum(1 for j in todo for s in j.specs if not (out / "records" / f"{s.run_id}.json").exists())
     wall = time.time() - start
-    print(f"[harness] {pending - failed} run(s) finished in {wall:.0f} s wall; {failed} failed", flush=True)
+    import resource
+
+    cpu = sum(getattr(resource.getrusage(who), f) for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN) for f in ("ru_utime", "ru_stime"))
+    print(f"[harness] {pending - failed} run(s) finished in {wall:.0f} s wall, {cpu:.0f} CPU-s (harness + workers); load average "
+          f"{load_start[0]:.1f} at start, {os.getloadavg()[0]:.1f} at end; {failed} failed", flush=True)
 
     from report import write_report
 
     write_report([s for j in jobs for s in j.specs], out / "records", results,
-                 meta={"size": a.size, "world": a.world, "seeds": seeds, "workers": a.workers, "extra": a.set, "wall_seconds": round(wall, 1),
-                       "runs": total, "ran_now": pending - failed})
+                 meta={"size": a.size, "world": a.world, "seeds": seeds, "paper_seeds": {k: len(v) for k, v in per_paper.items()}, "workers": a.workers, "extra": a.set, "wall_seconds": round(wall, 1),
+                       "runs": total, "ran_now": pending - failed, "cpu_seconds": round(cpu, 1),
+                       "load_average_start": load_start[0], "load_average_end": os.getloadavg()[0],
+                       "warm_start": json.loads((out / "warm" / "warm.json").read_text()) if (out / "warm" / "warm.json").exists() else None})
     print(f"[harness] results: {results / 'results.md'}", flush=True)
     return 1 if failed else 0
 

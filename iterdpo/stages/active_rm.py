@@ -50,6 +50,10 @@ def _embed(call: Call) -> dict:
         if a.embedding == "policy":
             e = embed.policy_embeddings(table, call.model("model"), tokenizer_path=cfg.model.tokenizer, max_prompt_length=cfg.model.max_prompt_length,
                                         max_length=cfg.model.max_length, batch_tokens=cfg.score.batch_tokens)
+        elif a.embedding == "task_features":
+            e = embed.task_feature_embeddings(table, cfg.annotate.gold)
+        elif a.embedding == "reward_model":
+            e = embed.reward_model_embeddings(table, call.model("reward_model"), batch_tokens=cfg.score.batch_tokens)
         else:
             e = embed.minilm_embeddings(embed.completion_texts(table))
         gold = [gold_reward(p, c) for p, c in zip(table.column("prompt").to_pylist(), table.column("completion").to_pylist(), strict=True)]
@@ -61,7 +65,9 @@ def _embed(call: Call) -> dict:
 
 EMBED = Stage("arm_embed", _embed, writes=("arm_pool", "arm_test"), fields=("arm.embedding", "model", "annotate.gold", "score.batch_tokens"),
               reads=lambda run, k: {"pool": Ref("sample", 1, "completions"), "test": Ref("arm_test_sample", None, "completions"),
-                                    "model": Model(run.initial_model())},
+                                    "model": Model(run.initial_model()),
+                                    # the embedding model when it is a reward model: keyed by its files too
+                                    **({"reward_model": Model(run.cfg.annotate.reward_model)} if run.cfg.arm.embedding == "reward_model" else {})},
               folder=lambda run, k: (None, "arm/embed"))
 
 

@@ -139,6 +139,37 @@ def gold_terms(prompt: str, response: str) -> dict[str, float]:
     return {"cover": cover, "tone": tone, "rep": rep, "off": off}
 
 
+FEATURES = ("topic1_named", "topic1_details", "topic2_named", "topic2_details", "positive_words", "negative_words", "kind_describe",
+            "kind_compare", "kind_praise", "kind_warn", "describe_x_tone", "compare_x_tone", "praise_x_tone", "warn_x_tone", "content_repeats",
+            "other_topic_words", "words_per_40", "distinct_per_40", "empty")
+
+
+def features(prompt: str, response: str) -> list[float]:
+    """The raw counts the gold reward is a capped, clipped function of (``FEATURES``, 19 dims):
+    for the prompt's first and second topic (zeros when it has one), whether it is named and
+    how many of its detail words appear (uncapped); distinct positive / negative tone words;
+    the instruction kind (one-hot) and its product with the tone balance (positive -
+    negative) / 3; repeated content words and other topics' words (uncapped); words and
+    distinct words / 40; an empty flag. Gold is a function of these (the caps, the clip, the
+    kind's sign and weight are left to a learner), so a reward model on them can learn it; used
+    as the embedding of active reward modelling where a policy's hidden states carry too
+    little of gold."""
+    info = parse_prompt(prompt)
+    words = words_of(response)
+    distinct = set(words)
+    topics = info["topics"][:2]
+    per_topic = []
+    for i in range(2):
+        t = topics[i] if i < len(topics) else None
+        per_topic += [0.0, 0.0] if t is None else [float(t in distinct), float(len(distinct.intersection(TOPICS[t])))]
+    pos, neg = len(distinct & _POS), len(distinct & _NEG)
+    kinds = [float(info["kind"] == k) for k in ("describe", "compare", "praise", "warn")]
+    content = [w for w in words if w in _CONTENT]
+    off = sum(1 for w in distinct if w in _OWNER and _OWNER[w] not in info["topics"])
+    return [*per_topic, float(pos), float(neg), *kinds, *[k * (pos - neg) / 3 for k in kinds], float(len(content) - len(set(content))),
+            float(off), len(words) / 40, len(distinct) / 40, float(not words)]
+
+
 def gold_reward(prompt: str, response: str) -> float:
     """The world's gold reward (module docstring); -1 for an empty response."""
     if not words_of(response):

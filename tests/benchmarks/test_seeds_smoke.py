@@ -5,6 +5,7 @@ rerun resumes from the records (runs nothing)."""
 from __future__ import annotations
 
 import csv
+import json
 import math
 import subprocess
 import sys
@@ -44,12 +45,27 @@ def test_smoke_harness_reports_every_strategy_and_resumes(toy_cache, tmp_path):
     expected = _grid_rows()
     assert expected == reported
     assert {r["strategy"] for r in rows if r["paper"] == "003" and r["metric"] == "sft_implicit_reward_length_pearson"} == {"sera", "iterative", "offline"}
-    assert {r["strategy"] for r in rows if r["paper"] == "000" and r["metric"] == "best_of_n"} >= {"dopt", "pa_dopt", "batchbald", "random"}
+    assert {r["strategy"] for r in rows if r["paper"] == "000" and r["metric"] == "best_of_n"} >= {"dopt", "pa_dopt", "batchbald", "random", "all"}
+    # SeRA's diagnostics against gold, and the length correlation on dataset responses (issue #13)
+    for metric in ("kept_offline_label_error", "bootstrap_label_accuracy", "dataset_implicit_reward_length_pearson"):
+        assert {r["strategy"] for r in rows if r["paper"] == "003" and r["metric"] == metric} >= {"sera"}, metric
+    # 001 and the control start from the offline-DPO warm start, against the SFT reference
+    warm = json.loads((out / "warm" / "warm.json").read_text())
+    assert Path(warm["policy"]).is_dir()
+    argv = json.loads((out / "records" / "001-margin-smallest-s0.json").read_text())["argv"]
+    assert f"model.name_or_path={warm['policy']}" in argv and "model.reference=toy" in argv
+    meta = json.loads((out / "results" / "meta.json").read_text())
+    assert meta["cpu_seconds"] > 0 and meta["claims_sha1"] and meta["warm_start"]["policy"] == warm["policy"]
 
     md = (out / "results" / "results.md").read_text()
     for _paper, _setting, strategy in expected:
         assert f"| {strategy} |" in md
-    assert "n/a" not in md.split("### gold_win_rate_vs_sft")[0]  # the per-setting tables are complete
+    # the per-setting tables have every strategy's main metric (first column); SeRA's diagnostics are n/a by design
+    # where a method has no kept / bootstrapped pairs (offline: one iteration; iterative: no bootstrapping)
+    per_setting = md.split(": loss x method by swapped-label share")[0]
+    main_cells = [line.split("|")[2].strip() for line in per_setting.splitlines()
+                  if line.startswith("| ") and not line.startswith("| strategy") and not line.startswith("| control")]
+    assert main_cells and "n/a" not in main_cells
     assert "missing" not in md
     for png in ("000_active_rm.png", "001_margin.png", "002_apl.png", "003_sera.png"):
         assert (out / "results" / png).stat().st_size > 1000

@@ -71,14 +71,14 @@ def test_unpaired_seeds_are_left_out_and_controls_judged():
 
 def test_claims_file_is_valid_and_names_runs_of_the_grid(tmp_path):
     d = verdicts.load_claims()
-    rows = {(s.paper, setting, strategy) for job in build_grid("full", [0], [p for p in PAPERS if p != "000"], "toy")
+    rows = {(s.paper, setting, strategy) for job in build_grid("full", [0], list(PAPERS), "toy")
             for s in job.specs for setting, strategy in reported_rows(s)}
-    rows |= {("000", pool, s) for pool in ("in_prompt", "cross_prompt") for s in ("dopt", "random")}
     for c in d["claims"]:
         assert (c["paper"], c["setting"], c["better"]) in rows, c["id"]
         assert (c["paper"], c["setting"], c["worse"]) in rows, c["id"]
-    for c in d["controls"]:
-        assert (c["paper"], c["setting"], c["strategy"]) in rows
+    for c in [*d["controls"], *d["gates"]]:
+        assert (c["paper"], c["setting"], c["strategy"]) in rows, c["id"]
+    assert {c["family"] for c in d["claims"]} == {"primary", "secondary"}
     bad = tmp_path / "claims.yaml"
     bad.write_text("alpha: 0.05\npower: 0.8\ncontrols: []\nclaims:\n  - {id: z, paper: '001', setting: margin, better: a, worse: b, metric: m, direction: up}\n")
     with pytest.raises(ValueError, match=r"claims\[0\] \(z\): direction"):
@@ -86,3 +86,35 @@ def test_claims_file_is_valid_and_names_runs_of_the_grid(tmp_path):
     bad.write_text("alpha: 0.05\npower: 0.8\ncontrols: []\nclaims:\n  - {id: z, paper: '001', setting: margin, better: a, worse: b, metric: m, direction: higher, colour: red}\n")
     with pytest.raises(ValueError, match="unknown key"):
         verdicts.load_claims(bad)
+
+
+def test_families_gates_and_dropped_secondary_claims():
+    """Holm runs within a family; a failed gate makes its paper's claims not testable; an
+    undecided secondary claim is dropped (with its power line)."""
+    rng = random.Random(1)
+    shared = [rng.gauss(0, 1) for _ in range(6)]
+    vals = {
+        ("001", "margin", "good", "gain"): [s + 0.5 + rng.gauss(0, 0.05) for s in shared],
+        ("001", "margin", "bad", "gain"): [s + rng.gauss(0, 0.05) for s in shared],
+        ("001", "margin", "noisy", "gain"): [s + rng.gauss(0, 1.0) for s in shared],
+        ("000", "in_prompt", "dopt", "spear"): [0.5 + rng.gauss(0, 0.01) for _ in shared],
+        ("000", "in_prompt", "random", "spear"): [0.9 + rng.gauss(0, 0.01) for _ in shared],
+        ("000", "ceiling", "all", "spear"): [0.8, 0.9, 0.7, 0.8, 0.85, 0.75],  # the embedding cannot carry gold
+    }
+    gated = {"id": "000-in-s", "paper": "000", "setting": "in_prompt", "better": "dopt", "worse": "random", "metric": "spear",
+             "direction": "lower"}
+    d = doc(claim("right", "good", "bad"), {**claim("weak", "noisy", "bad"), "family": "secondary"},
+            {**claim("right2", "good", "bad"), "family": "secondary"}, gated)
+    d["gates"] = [{"id": "ceil", "paper": "000", "setting": "ceiling", "strategy": "all", "metric": "spear", "below": 0.5, "gates": "000"}]
+    out = {c["id"]: c for c in verdicts.judge_claims(rows_for(vals), d)}
+    assert out["right"]["verdict"] == "reproduced" and out["right2"]["verdict"] == "reproduced"
+    assert out["weak"]["verdict"] == verdicts.DROPPED and "detectable" in out["weak"]["reason"]
+    assert out["000-in-s"]["verdict"] == verdicts.NOT_TESTABLE and "ceil" in out["000-in-s"]["reason"]
+    # the secondary family's Holm factor is 2 (two secondary claims), the primary's 1 (the gated one is left out)
+    assert out["right"]["holm_p"] == pytest.approx(out["right"]["p"])
+    assert out["right2"]["holm_p"] == pytest.approx(min(1.0, 2 * out["right2"]["p"]))
+    md = "\n".join(verdicts.markdown(rows_for(vals), d))
+    assert "not testable" in md and "| ceil |" in md
+    vals[("000", "ceiling", "all", "spear")] = [0.3] * 6  # the ceiling passes: 000 is judged
+    out = {c["id"]: c for c in verdicts.judge_claims(rows_for(vals), d)}
+    assert out["000-in-s"]["verdict"] == "reproduced"

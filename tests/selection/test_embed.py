@@ -39,3 +39,27 @@ def test_packaged_minilm_loads_offline_and_embeds():
     assert e.shape == (4, 384)
     assert np.allclose(np.linalg.norm(e, axis=1), 1.0, atol=1e-5)
     assert e[0] @ e[1] > e[0] @ e[2] + 0.2  # paraphrases are closer than unrelated text
+
+
+def test_reward_model_embeddings_carry_the_rm_score(tmp_path):
+    """arm.embedding 'reward_model': the scalar head of the RM is linear in the embedding, so
+    w . e(x, y) reproduces the annotator's r(x, y) exactly (a reward model on it can learn
+    what the RM learnt)."""
+    import importlib.util
+    from pathlib import Path
+
+    from iterdpo.annotation.reward_model import RewardModelAnnotator
+    from iterdpo.selection.embed import reward_model_embeddings
+
+    spec = importlib.util.spec_from_file_location("annotation_conftest", Path(__file__).resolve().parents[1] / "annotation" / "conftest.py")
+    helpers = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(helpers)  # the tiny RM builder of the annotation tests
+    rm_dir = helpers.build_tiny_rm(tmp_path / "rm")
+    t = completions()
+    emb = reward_model_embeddings(t, str(rm_dir), batch_tokens=64)  # small batches: padding in play
+    assert emb.shape == (9, 32) and np.isfinite(emb).all()
+    rm = RewardModelAnnotator(str(rm_dir), progress=False, device="cpu")
+    scores = rm.score(t.column("prompt").to_pylist(), t.column("completion").to_pylist())
+    w = rm.model.score.weight.detach().float().numpy()[0]
+    assert np.allclose(emb @ w, scores, atol=1e-4)
+    assert np.std(scores) > 1e-3  # not a trivially constant head

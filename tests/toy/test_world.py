@@ -193,3 +193,29 @@ def test_tiny_world_builds_and_runs_one_iteration(tmp_path, monkeypatch):
     answers = records.read_table(out / "w" / "iter_1" / "eval_responses" / "completions.parquet").to_pylist()
     assert ev["mean_gold_reward"] == pytest.approx(sum(task.gold_reward(r["prompt"], r["completion"]) for r in answers) / len(answers))
     assert json.loads((out / "w" / "iter_1" / "annotate" / "manifest.json").read_text())["stats"]["pairs"] > 0
+
+
+def test_gold_is_a_function_of_the_task_features():
+    """arm.embedding 'task_features': equal features give equal gold (gold is learnable on
+    them), and the embedding refuses a task it does not describe."""
+    import numpy as np
+
+    from iterdpo.selection.embed import task_feature_embeddings
+
+    rng = random.Random(0)
+    prompts = task.all_prompts()
+    rows, by_features = [], {}
+    for i in range(2000):
+        info = prompts[rng.randrange(len(prompts))]
+        text = task.sft_response(rng, info)
+        f = tuple(round(v, 6) for v in task.features(info["prompt"], text))
+        g = task.gold_reward(info["prompt"], text)
+        assert len(f) == len(task.FEATURES)
+        assert by_features.setdefault(f, g) == pytest.approx(g), (info["prompt"], text)
+        rows.append(dict(prompt_id=f"p{i}", completion_id=f"p{i}-0", prompt=info["prompt"], completion=text, num_tokens=1, finish_reason="stop"))
+    assert len(by_features) > 100  # the features spread, they do not collapse
+    table = records.from_rows(rows, records.COMPLETIONS)
+    emb = task_feature_embeddings(table, "world")
+    assert emb.shape == (2000, len(task.FEATURES)) and np.isfinite(emb).all()
+    with pytest.raises(ValueError, match="world task only"):
+        task_feature_embeddings(table.slice(0, 2), "toy")
