@@ -62,6 +62,16 @@ class RewardModelAnnotator:
             ids = tok(prompt + "\n" + response)["input_ids"]
         return list(ids[-self.max_length:])
 
+    def pad(self, encoded: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Right-padded ``input_ids`` and ``attention_mask``, both [B, T] (T the longest), on CPU."""
+        T = max(len(e) for e in encoded)
+        ids = torch.full((len(encoded), T), self.tokenizer.pad_token_id, dtype=torch.long)
+        attn = torch.zeros((len(encoded), T), dtype=torch.long)
+        for j, e in enumerate(encoded):
+            ids[j, : len(e)] = torch.tensor(e)
+            attn[j, : len(e)] = 1
+        return ids, attn
+
     @torch.no_grad()
     def score(self, prompts: list[str], responses: list[str]) -> list[float]:
         """r(x, y) of each (prompt, response), in input order; duplicates scored once."""
@@ -77,15 +87,9 @@ class RewardModelAnnotator:
         self.last_scored = len(mine)  # conversations this process ran through the model
         encoded = [self.tokenize(x, y) for x, y in mine]
         scores = [0.0] * len(mine)
-        pad = self.tokenizer.pad_token_id
         batches = length_buckets([len(e) for e in encoded], self.batch_tokens)
         for idx in tqdm(batches, desc="reward model", disable=not self.progress or not batches, leave=False):
-            T = max(len(encoded[i]) for i in idx)
-            ids = torch.full((len(idx), T), pad, dtype=torch.long)
-            attn = torch.zeros((len(idx), T), dtype=torch.long)
-            for j, i in enumerate(idx):
-                ids[j, : len(encoded[i])] = torch.tensor(encoded[i])
-                attn[j, : len(encoded[i])] = 1
+            ids, attn = self.pad([encoded[i] for i in idx])
             logits = self.model(input_ids=ids.to(self.device), attention_mask=attn.to(self.device)).logits  # [B, 1]
             for j, i in enumerate(idx):
                 scores[i] = float(logits[j, 0].float())

@@ -230,21 +230,16 @@ def read_answers(path: str | Path) -> list[dict]:
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"{path}: answers file not found (python -m iterdpo.real.answers writes it)")
+    from iterdpo.records import iter_rows  # JSONL lines with the file and line in every error
+
     rows = []
-    with open(path) as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}: line {lineno}: not valid JSON: {e.msg}") from None
-            for field in ("split", "prompt", "completion"):
-                if not isinstance(row.get(field) if isinstance(row, dict) else None, str):
-                    raise ValueError(f"{path}: line {lineno}, field {field!r}: missing or not a string")
-            if row["split"] not in ("train", "eval"):
-                raise ValueError(f"{path}: line {lineno}, field 'split': {row['split']!r} is neither 'train' nor 'eval'")
-            rows.append(row)
+    for where, row in iter_rows(path):
+        for field in ("split", "prompt", "completion"):
+            if not isinstance(row.get(field), str):
+                raise ValueError(f"{where}, field {field!r}: missing or not a string")
+        if row["split"] not in ("train", "eval"):
+            raise ValueError(f"{where}, field 'split': {row['split']!r} is neither 'train' nor 'eval'")
+        rows.append(row)
     if not rows:
         raise ValueError(f"{path}: no answers")
     return rows

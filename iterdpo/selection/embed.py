@@ -121,15 +121,9 @@ def reward_model_embeddings(completions: pa.Table, model_path: str, *, batch_tok
     rm = RewardModelAnnotator(model_path, batch_tokens=batch_tokens, device="cpu", progress=False)
     encoded = [rm.tokenize(x, y) for x, y in zip(completions.column("prompt").to_pylist(), completions.column("completion").to_pylist(), strict=True)]
     out = np.zeros((len(encoded), rm.model.config.hidden_size), dtype=np.float32)
-    pad = rm.tokenizer.pad_token_id
     with torch.no_grad():
         for idx in length_buckets([len(e) for e in encoded], batch_tokens):
-            width = max(len(encoded[i]) for i in idx)
-            ids = torch.full((len(idx), width), pad, dtype=torch.long)
-            attn = torch.zeros((len(idx), width), dtype=torch.long)
-            for j, i in enumerate(idx):
-                ids[j, : len(encoded[i])] = torch.tensor(encoded[i])
-                attn[j, : len(encoded[i])] = 1
+            ids, attn = rm.pad([encoded[i] for i in idx])
             hidden = rm.model(input_ids=ids, attention_mask=attn, output_hidden_states=True).hidden_states[-1]  # [B, T, H], after the final norm
             last = attn.sum(1) - 1  # right padding: the last real token
             out[idx] = hidden[torch.arange(len(idx)), last].float().numpy()
