@@ -58,9 +58,9 @@ def main() -> None:
 
     import torch
     from training import naive_logps  # benchmarks/training.py: the loop a user would write
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
 
-    from iterdpo.logprobs import score_logps
+    from iterdpo.logprobs import load_causal_lm, score_logps
 
     model_dir = args.model
     if model_dir is None:
@@ -68,7 +68,7 @@ def main() -> None:
 
         model_dir = str(ensure_smollm2())
     tok = AutoTokenizer.from_pretrained(model_dir)
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=getattr(torch, args.dtype)).eval()
+    model = load_causal_lm(model_dir, args.dtype).eval()  # the score stage's loader (eager attention in bf16 on CPU)
     rows = rows_of(args.prompts, args.n, args.completions)
     kw = dict(max_prompt_length=96, max_length=256)
     score_logps(model, tok, rows[: 2 * args.n], batch_tokens=8192, share_prompts=2, max_pad=0.2, **kw)  # warm-up

@@ -356,6 +356,8 @@ def main() -> None:
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="training weights dtype (both trainers)")
     p.add_argument("--trl-env", default="", help="extra VAR=VALUE,... for the TRL subprocess only")
     p.add_argument("--workdir")
+    p.add_argument("--chunk-elements", type=int, default=None,
+                   help="ours: logits per chunk of the fused LM head, on CPU and CUDA (default: iterdpo.logprobs.chunk_elements)")
     p.add_argument("--part", choices=["ours", "trl"], help=argparse.SUPPRESS)
     a = p.parse_args()
     import torch
@@ -363,6 +365,10 @@ def main() -> None:
     torch.set_num_threads(a.threads)
     _clock[0] = CLOCK[a.clock]
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    if a.chunk_elements:
+        from iterdpo import logprobs
+
+        logprobs.CHUNK_ELEMENTS = logprobs.CUDA_CHUNK_ELEMENTS = a.chunk_elements
     if a.part:  # a training subprocess
         d = Path(a.workdir)
         fn = train_ours if a.part == "ours" else train_trl

@@ -275,6 +275,17 @@ class _TokenLogps(torch.autograd.Function):
 
 
 CHUNK_ELEMENTS = 1 << 22  # a [chunk, L, V] float32 temporary of at most 16 MiB (or one row)
+# On CUDA a 16 MiB chunk is 32 positions at a 128k vocabulary: the fused head's [32, H] x [H, V]
+# products and their elementwise ops are launch-bound there. Measured on one H200 (1.24 B Llama,
+# bf16, 8 pairs a step, benchmarks/gpu/check.sh, 2026-12-04): one micro-step's forward +
+# backward 289 ms at 2^22, 161 ms at 2^25, 154 ms at 2^28 (the model's own head: 160 ms); a
+# training step 0.369 -> 0.192 s (TRL 0.224 s) for +27 MiB of peak memory at 2^25.
+CUDA_CHUNK_ELEMENTS = 1 << 25  # 128 MiB float32
+
+
+def chunk_elements(device: torch.device) -> int:
+    """Logits per chunk of :func:`token_logps` / :func:`fused_token_logps` on ``device``."""
+    return CUDA_CHUNK_ELEMENTS if device.type == "cuda" else CHUNK_ELEMENTS
 
 
 def token_logps(
@@ -289,11 +300,11 @@ def token_logps(
     logsumexp ``chunk_rows`` batch rows at a time (its exp temporary is [chunk, L, V]) and
     computes the gradient in one buffer, the logits' own with ``inplace_grad`` (only when
     nothing else reads the logits after this call). See :class:`_TokenLogps`. ``chunk_rows``
-    None: as many rows as keep the temporary under :data:`CHUNK_ELEMENTS` (one chunk for small
+    None: as many rows as keep the temporary under :func:`chunk_elements` (one chunk for small
     vocabularies, where a Python loop over rows would cost more than the memory it saves).
     """
     if chunk_rows is None:
-        chunk_rows = max(1, CHUNK_ELEMENTS // max(1, labels.shape[1] * logits.shape[-1]))
+        chunk_rows = max(1, chunk_elements(logits.device) // max(1, labels.shape[1] * logits.shape[-1]))
     return _TokenLogps.apply(logits, labels, chunk_rows, inplace_grad)
 
 
@@ -372,10 +383,10 @@ def fused_token_logps(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.
                       chunk_rows: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """``log pi(label_n)`` [N] float32 and the logsumexp [N] from final hidden states ``hidden``
     [N, H] and the LM head ``weight`` [V, H], never holding more than ``chunk_rows`` x V logits
-    (default: as many rows as keep a chunk under :data:`CHUNK_ELEMENTS`). See
+    (default: as many rows as keep a chunk under :func:`chunk_elements`). See
     :class:`_LinearTokenLogps`."""
     if chunk_rows is None:
-        chunk_rows = max(1, CHUNK_ELEMENTS // weight.shape[0])
+        chunk_rows = max(1, chunk_elements(hidden.device) // weight.shape[0])
     return _LinearTokenLogps.apply(hidden, weight, labels, chunk_rows)
 
 

@@ -16,7 +16,9 @@ of a step does not depend on what the weights know). Steps, each printed as it f
 3. scoring: ``iterdpo.logprobs.score_logps`` over every response (no grad), tokens/s and MFU
    (2 N FLOPs per token); the scored log-probs become the pairs' reference and start
    log-probs, so training's first-step check runs on CUDA in bf16.
-4. training: seconds per optimiser step, tokens/s, MFU (6 N FLOPs per trained token, the
+4. head routes (CUDA only): one micro-step's forward + backward per LM-head route
+   (:func:`head_routes`): what the fused, chunked head costs against the model's own head.
+5. training: seconds per optimiser step, tokens/s, MFU (6 N FLOPs per trained token, the
    useful work of either trainer; TRL also runs a reference forward) and peak
    ``torch.cuda.max_memory_allocated`` of ``iterdpo.training.trainer.train`` and, when
    ``trl`` imports, of TRL's ``DPOTrainer`` on the same pairs, model, dtype and batch size
@@ -146,6 +148,45 @@ def scoring(d: Path, device: str, n_params: int, peak_tflops: float | None) -> d
     return res
 
 
+def head_routes(d: Path, device: str, n_pairs: int = 8, repeats: int = 5) -> dict:
+    """Milliseconds of one forward + backward of ``2 n_pairs`` padded bf16 sequences (one
+    training micro-step's batch) per LM-head route of :func:`iterdpo.logprobs.sequence_logps`:
+    the fused, chunked head at 2^22 logits a chunk (the CPU default), 2^25 (the CUDA default,
+    ``iterdpo.logprobs.CUDA_CHUNK_ELEMENTS``) and 2^28, and the model's own head
+    (fused_head=False: [B, T', V] logits, as TRL computes them)."""
+    import torch
+    from transformers import AutoTokenizer
+
+    from iterdpo import logprobs
+    from iterdpo.logprobs import collate, encode, load_causal_lm, sequence_logps
+
+    tok = AutoTokenizer.from_pretrained(d / "model")
+    rows = json.loads((d / "rows.json").read_text())[:n_pairs]
+    enc = [encode(tok, r["prompt"], r[k], stopped=True, max_prompt_length=128, max_length=512) for k in ("chosen", "rejected") for r in rows]
+    batch = collate(enc, tok.pad_token_id, device)
+    model = load_causal_lm(str(d / "model"), "bfloat16", device).train()
+    default = logprobs.CUDA_CHUNK_ELEMENTS
+    out = {"tokens": int(batch["attention_mask"].sum()), "padded_tokens": int(batch["attention_mask"].numel())}
+    for name, chunk, fused in (("fused_chunk_2^22", 1 << 22, True), ("fused_chunk_2^25", 1 << 25, True),
+                               ("fused_chunk_2^28", 1 << 28, True), ("model_head", default, False)):
+        logprobs.CUDA_CHUNK_ELEMENTS = chunk
+        times = []
+        torch.cuda.reset_peak_memory_stats()
+        for i in range(repeats + 1):
+            torch.cuda.synchronize()
+            t = time.perf_counter()
+            sequence_logps(model, batch, fused_head=fused).logps.sum().backward()
+            torch.cuda.synchronize()
+            if i:
+                times.append(time.perf_counter() - t)
+            model.zero_grad(set_to_none=True)
+        out[name] = {"ms": 1e3 * sorted(times)[len(times) // 2], "peak_mem_mib": torch.cuda.max_memory_allocated() / 2**20}
+    logprobs.CUDA_CHUNK_ELEMENTS = default
+    del model
+    torch.cuda.empty_cache()
+    return out
+
+
 def training(d: Path, device: str, part: str, batch_size: int, steps: int, warmup: int, timeout: int) -> dict:
     cmd = [sys.executable, str(ROOT / "benchmarks" / "training.py"), "--part", part, "--workdir", str(d), "--device", device,
            "--batch-size", str(batch_size), "--steps", str(steps), "--warmup", str(warmup), "--dtype", "bfloat16"]
@@ -194,6 +235,10 @@ def main() -> int:
     res["scoring"] = sc = scoring(d, device, n, peak)
     say(f"scoring: {sc['tokens_per_s']:,.0f} tokens/s" + (f", MFU {sc['mfu']:.1%}" if "mfu" in sc else "")
         + (f", peak {sc['peak_mem_mib']:,.0f} MiB" if "peak_mem_mib" in sc else ""))
+    if device.startswith("cuda"):
+        res["head_routes"] = hr = head_routes(d, device)
+        say("forward + backward of one micro-step (ms, peak MiB):",
+            json.dumps({k: [round(v["ms"], 1), round(v["peak_mem_mib"])] for k, v in hr.items() if isinstance(v, dict)}))
     rows = json.loads((d / "rows.json").read_text())
     from transformers import AutoTokenizer
 

@@ -2,13 +2,13 @@
 # The CPU grid of issue #13 in priority order, resumable, with its cost recorded:
 #   bash benchmarks/seeds/cpu_grid.sh OUT [SEEDS]            (default 4 seeds)
 # Steps (each a run.py invocation on the same OUT, so a killed script resumes from the records),
-# the cheap and the primary claims first:
-#   1. 000 (active reward modelling + its ceiling; ~20 CPU-s a seed)
-#   2. the positive control and 001's margin comparison    2b. 000's seeds 4-11 (claims.yaml, 09:08)
-#   2d. the control's seeds 4-7 (claims.yaml, 09:26: exploratory, after its 4-seed result)
-#   2c. seed 0 of 002 and of 003 (DPO, noise 0.4): one run per setup, for the cost table
-#   3. 003 with DPO at noise 0.4 (primary)   4. 002 (APL)   5. 003 with DPO at noise 0 (primary)
-#   6. 001's budget schedules (secondary)    7. 003 with IPO, SLiC, SimPO at noise 0 (secondary)
+# the cheap and the primary claims first (claims.yaml, 11:33: the third grid):
+#   1. 000 (active reward modelling + its ceiling; ~20 CPU-s a seed), seeds 0-11
+#   2. the positive control and 001's margin comparison   3. 003 with DPO at noise 0.4 (primary)
+#   4. 002 (APL)   5. 003 with DPO at noise 0 (primary)   6. 001's budget schedules (secondary)
+#   7. 003 with IPO, SLiC, SimPO at noise 0 (secondary)
+# The primary claims' seeds 4-7 run on 16 cores (gpu_grid.sh); `run.py --report-only --seeds 8
+# --paper-seeds 000=12` over both OUTs' records pools them.
 # then one report over every finished run into OUT/results. Two workers, one torch thread each.
 # Cost: `uptime` every 60 s into OUT/load.log; /usr/bin/time -v of each step into OUT/time_*.txt
 # (user + sys = CPU-seconds of the step, workers included).
@@ -34,14 +34,11 @@ step() {  # name, run.py arguments
         2>&1 | grep --line-buffered -v -e resource_tracker -e "warnings.warn" | tee -a "$OUT/harness.log"
     echo "[cpu-grid] $(date -u +%H:%M:%S) step $name done: $(grep -E 'User time|System time|Elapsed' "$OUT/time_$name.txt" | tr -s ' ' | tr '\n' ';')" | tee -a "$OUT/steps.log"
 }
-step 1_000 --only 000
+step 1_000 --only 000 --paper-seeds 000=12
 step 2_ctl_001 --only ctl,001 --settings "control;margin"
-step 2b_000_more --only 000 --paper-seeds 000=12
-step 2d_ctl_more --only ctl --paper-seeds ctl=8
-step 2c_cost_probe --only 002,003 --seeds 1 --settings "acquisition;dpo noise=0.4"
 step 3_003_dpo_noise04 --only 003 --settings "dpo noise=0.4"
 step 4_002 --only 002
 step 5_003_dpo_noise0 --only 003 --settings "dpo noise=0.0"
 step 6_001_schedule --only 001 --settings "schedule"
 step 7_003_other --only 003 --settings "ipo noise=0.0;slic noise=0.0;simpo noise=0.0"
-python benchmarks/seeds/run.py --seeds "$SEEDS" --paper-seeds 000=12,ctl=8 --out "$OUT" --report-only 2>&1 | grep --line-buffered -v -e resource_tracker -e "warnings.warn" | tail -2
+python benchmarks/seeds/run.py --seeds "$SEEDS" --paper-seeds 000=12 --out "$OUT" --report-only 2>&1 | grep --line-buffered -v -e resource_tracker -e "warnings.warn" | tail -2

@@ -62,7 +62,8 @@ SIZES: dict[str, dict] = {
     "full": {
         "eval_prompts": 200, "eval_samples": 2, "max_tokens": 48, "lr": 3e-4,
         "warm": {"offline_size": 512, "epochs": 1, "lr": 1e-4},  # pi_0 of 001 / ctl: offline DPO on clean world pairs
-        "margin": {"iterations": 3, "prompts": 128, "n": 8, "epochs": 2},
+        # 256 prompts x 4 epochs: chosen by the control's pilot (claims.yaml, 11:33); 128 x 2 left the control at +0.035
+        "margin": {"iterations": 3, "prompts": 256, "n": 8, "epochs": 4},
         "apl": {"iterations": 4, "prompts": 128, "fraction": 0.125, "epochs": 4, "temperature": 0.7},
         "arm": {"prompts": 128, "n": 6, "rounds": 4, "batch": 32, "test_prompts": 48},
         "sera": {"iterations": 3, "offline_size": 512, "n": 4,

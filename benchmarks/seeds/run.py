@@ -307,7 +307,9 @@ def warm_start(size: str, world: str, out: Path, extra: list[str]) -> dict:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--size", choices=sorted(SIZES), default="full", help="full: ~40 min on 2 cores; smoke: the CI check")
-    p.add_argument("--seeds", type=int, default=None, help="seeds 0..N-1 (default: 3 for full, 1 for smoke)")
+    p.add_argument("--seeds", type=int, default=None, help="seeds F..F+N-1, F = --first-seed (default: 3 for full, 1 for smoke)")
+    p.add_argument("--first-seed", type=int, default=0,
+                   help="first seed (default 0): pilots use seeds no grid uses (e.g. 100), and two machines can split one grid seed-major")
     p.add_argument("--only", default=",".join(PAPERS), help="papers, e.g. 000,001 (default: all four)")
     p.add_argument("--workers", type=int, default=2, help="worker processes (one torch thread each)")
     p.add_argument("--world", choices=sorted(WORLDS), default="world", help="the richer world or the built-in toy task")
@@ -318,13 +320,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--settings", default=None, help="only these settings of the chosen papers, ';'-separated (e.g. 'dpo noise=0.0;dpo noise=0.4'); "
                    "the report still covers every finished run of the papers")
     p.add_argument("--paper-seeds", default="", metavar="PAPER=N,...",
-                   help="more (or fewer) seeds for some papers, e.g. 000=12 (000 costs ~20 CPU-s a seed); the others get --seeds")
+                   help="more (or fewer) seeds for some papers (from --first-seed), e.g. 000=12 (000 costs ~20 CPU-s a seed); the others get --seeds")
     p.add_argument("--report-only", action="store_true", help="write the results files from the finished records; run nothing")
     a = p.parse_args(argv)
     papers = [x.strip() for x in a.only.split(",") if x.strip()]
     if bad := [x for x in papers if x not in PAPERS]:
         p.error(f"--only: unknown paper(s) {bad}; choose from {','.join(PAPERS)}")
-    seeds = list(range(a.seeds if a.seeds is not None else (3 if a.size == "full" else 1)))
+    seeds = list(range(a.first_seed, a.first_seed + (a.seeds if a.seeds is not None else (3 if a.size == "full" else 1))))
     out = Path(a.out).resolve()
     results = Path(a.results).resolve() if a.results else out / "results"
 
@@ -334,7 +336,7 @@ def main(argv: list[str] | None = None) -> int:
         paper, _, n = item.partition("=")
         if paper not in PAPERS or not n.isdigit():
             p.error(f"--paper-seeds: {item!r} is not PAPER=N with PAPER in {','.join(PAPERS)}")
-        per_paper[paper] = list(range(int(n)))
+        per_paper[paper] = list(range(a.first_seed, a.first_seed + int(n)))
     jobs = [j for paper in papers for j in build_grid(a.size, per_paper.get(paper, seeds), [paper], a.world, pi0=str(out / "warm" / WARM_POLICY))]
     jobs.sort(key=lambda j: (j.specs[0].seed, -j.cost))  # seed-major over every paper, as build_grid orders one call
     for j in jobs:

@@ -29,6 +29,21 @@ def test_paper_seeds_settings_and_report_only(tmp_path):
     assert bad.returncode == 2 and "--paper-seeds: '009=3'" in bad.stderr
 
 
+def test_first_seed_offsets_every_paper(tmp_path):
+    """--first-seed K: seeds K..K+N-1 for --seeds and --paper-seeds alike (a pilot on seeds no
+    grid uses; two machines splitting one grid seed-major)."""
+    out = tmp_path / "seeds"
+    cmd = [sys.executable, str(HARNESS / "run.py"), "--size", "smoke", "--world", "toy", "--only", "000,ctl", "--first-seed", "100",
+           "--seeds", "1", "--paper-seeds", "000=2", "--report-only", "--out", str(out)]
+    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    assert "seeds=[100]" in done.stdout
+    missing = set(json.loads((out / "results" / "meta.json").read_text())["missing"])
+    assert {"000-ceiling-all-s100", "000-ceiling-all-s101", "ctl-control-random-oracle-s100"} <= missing
+    assert all(m.endswith(("-s100", "-s101")) for m in missing)  # 000 at 2 seeds from 100
+    assert [m for m in missing if m.startswith("ctl")] == ["ctl-control-random-oracle-s100"]  # --seeds 1
+
+
 def test_grid_warm_start_and_ceiling_overrides():
     sys.path.insert(0, str(HARNESS))
     try:
