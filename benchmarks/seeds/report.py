@@ -146,8 +146,9 @@ def markdown(agg: dict, rows: list[dict], meta: dict, missing: list[str]) -> str
         cols = METRICS[paper]
         lines += [f"## {TITLES[paper]}", ""]
         for setting in _settings(agg, paper):
-            n = max(agg.get((paper, setting, s, cols[0][0]), (0, 0, 0))[2] for s in _strategies(agg, paper, setting))
-            lines += [f"### {setting} (n = {n} seeds)", "", "| strategy | " + " | ".join(c for c, _ in cols) + " |",
+            ns = {agg.get((paper, setting, s, cols[0][0]), (0, 0, 0))[2] for s in _strategies(agg, paper, setting)}
+            n = f"{max(ns)} seeds" if len(ns) == 1 else f"{min(ns)}-{max(ns)} seeds by strategy"  # 001's constant row: always-smallest's seeds
+            lines += [f"### {setting} (n = {n})", "", "| strategy | " + " | ".join(c for c, _ in cols) + " |",
                       "|---" * (len(cols) + 1) + "|"]
             for s in _strategies(agg, paper, setting):
                 cells = [fmt(*agg[(paper, setting, s, c)][:2]) if (paper, setting, s, c) in agg else "n/a" for c, _ in cols]
