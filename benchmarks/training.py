@@ -357,7 +357,8 @@ def main() -> None:
     p.add_argument("--trl-env", default="", help="extra VAR=VALUE,... for the TRL subprocess only")
     p.add_argument("--workdir")
     p.add_argument("--chunk-elements", type=int, default=None,
-                   help="ours: logits per chunk of the fused LM head, on CPU and CUDA (default: iterdpo.logprobs.chunk_elements)")
+                   help="ours (scoring and training): logits per chunk of the log-prob routines, on CPU and CUDA "
+                        "(default: iterdpo.logprobs.chunk_elements)")
     p.add_argument("--part", choices=["ours", "trl"], help=argparse.SUPPRESS)
     a = p.parse_args()
     import torch
@@ -402,6 +403,8 @@ def main() -> None:
         cmd = [sys.executable, __file__, "--part", part, "--workdir", str(d), "--device", a.device, "--batch-size",
                str(a.batch_size), "--steps", str(a.steps), "--warmup", str(a.warmup), "--threads", str(a.threads), "--clock", a.clock,
                "--dtype", a.dtype]
+        if part == "ours" and a.chunk_elements:
+            cmd += ["--chunk-elements", str(a.chunk_elements)]
         extra = dict(kv.split("=", 1) for kv in a.trl_env.split(",") if kv) if part == "trl" else {}
         out = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": str(a.threads), **extra})
         line = [x for x in out.stdout.splitlines() if x.startswith("RESULT ")]
