@@ -14,8 +14,11 @@ words, then measures on the same model, data and batch size:
     option minus without it, batch 2*batch_size sequences);
 (b) training: seconds per optimiser step and peak memory of ``iterdpo.training.trainer``
     (stored reference log-probs) and of TRL ``DPOTrainer`` with a live reference model,
-    each in its own subprocess. Peak memory: ``torch.cuda.max_memory_allocated`` on GPU;
-    on CPU the peak RSS during the timed steps minus the RSS after imports, before the model.
+    each in its own subprocess, on the same first ``(warmup + steps) * batch_size`` pairs (one
+    epoch, each trainer its own batch order; ``s_per_step`` the median step, ``s_per_step_mean``
+    the mean, whose ratio compares the same timed work up to the untimed warmup steps). Peak
+    memory: ``torch.cuda.max_memory_allocated`` on GPU; on CPU the peak RSS during the timed
+    steps minus the RSS after imports, before the model.
 
 Prints one JSON line with every number.
 """
@@ -215,13 +218,16 @@ def bench_scoring(d: Path, device: str, batch_size: int) -> dict:
             "speedup_vs_trl_precompute": t_trl / t_ours, "max_abs_logp_diff_vs_naive": err}
 
 
-def _trl_dataset(d: Path, fresh: bool = False):
+def _trl_dataset(d: Path, fresh: bool = False, limit: int | None = None):
+    """The pairs as TRL's conversational dataset; ``limit``: the first ``limit`` pairs only (the ones
+    iterdpo's training takes, so both trainers time the same pairs: one epoch, each its own order)."""
     from datasets import load_dataset
 
     from iterdpo import records
 
-    rows = records.read_table(d / "pairs.parquet").to_pylist()
-    path = d / (f"trl-{time.time_ns()}.jsonl" if fresh else "trl.jsonl")  # fresh: no cached reference log-probs
+    rows = records.read_table(d / "pairs.parquet").to_pylist()[:limit]
+    # fresh: no cached reference log-probs
+    path = d / (f"trl-{time.time_ns()}.jsonl" if fresh else f"trl-{len(rows)}.jsonl")
     with open(path, "w") as f:  # file-backed: what TRL needs with several processes
         for r in rows:
             f.write(json.dumps({"prompt": [{"role": "user", "content": r["prompt"]}],
@@ -320,7 +326,7 @@ def train_trl(d: Path, device: str, batch_size: int, steps: int, warmup: int, dt
             marks.append((clock(), torch.cuda.max_memory_allocated() / 2**20 if device.startswith("cuda") else peak_mb()))
 
     tok = AutoTokenizer.from_pretrained(d / "model")
-    ds = _trl_dataset(d)
+    ds = _trl_dataset(d, limit=(warmup + steps) * batch_size)
     args = _trl_args(d, device, batch_size, warmup + steps)
     # weights in ``dtype`` (bf16=False: no autocast), as iterdpo's model.dtype; TRL copies the reference from it
     trainer = DPOTrainer(model=AutoModelForCausalLM.from_pretrained(d / "model", dtype=getattr(torch, dtype)), args=args, train_dataset=ds,
@@ -332,7 +338,7 @@ def train_trl(d: Path, device: str, batch_size: int, steps: int, warmup: int, dt
 def _timing(marks, warmup, base, device) -> dict:
     times = [b[0] - a[0] for a, b in zip(marks[warmup - 1 : -1], marks[warmup:], strict=True)] if warmup else []
     peak = marks[-1][1]
-    return {"s_per_step": statistics.median(times), "steps_timed": len(times),
+    return {"s_per_step": statistics.median(times), "s_per_step_mean": statistics.mean(times), "steps_timed": len(times),
             "peak_mem_mb": peak if device.startswith("cuda") else peak - base}
 
 
@@ -413,6 +419,7 @@ def main() -> None:
         res["training"][part] = json.loads(line[0][7:])
     o, t = res["training"]["ours"], res["training"]["trl"]
     res["training"]["time_ratio_ours_over_trl"] = o["s_per_step"] / t["s_per_step"]
+    res["training"]["mean_time_ratio_ours_over_trl"] = o["s_per_step_mean"] / t["s_per_step_mean"]
     res["training"]["mem_ratio_ours_over_trl"] = o["peak_mem_mb"] / t["peak_mem_mb"]
     res["load_avg_end"] = os.getloadavg()
     print(json.dumps(res), flush=True)

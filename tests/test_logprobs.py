@@ -194,9 +194,11 @@ def test_fused_head_chunks_agree():
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("capacity", [1, 40, 512])
-def test_packed_batches_equal_padded_ones_values_and_gradients(dtype, capacity):
-    """Sequences packed end to end (restarting position ids, block-diagonal attention) give the
-    padded batch's log-probs and gradients; capacity 1 = one sequence per row, 40 = several rows."""
+@pytest.mark.parametrize("fused_head", [True, False])
+def test_packed_batches_equal_padded_ones_values_and_gradients(dtype, capacity, fused_head):
+    """Sequences packed end to end (restarting position ids, block-diagonal attention, one copy
+    of a shared prompt) give the padded batch's log-probs and gradients, through the fused head
+    and the model's own; capacity 1 = one group per row, 40 = several rows."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
     from iterdpo.logprobs import collate_packed, load_causal_lm
@@ -210,17 +212,19 @@ def test_packed_batches_equal_padded_ones_values_and_gradients(dtype, capacity):
         LlamaForCausalLM(cfg).save_pretrained(d)
         model = load_causal_lm(d, "float32" if dtype == torch.float32 else "bfloat16")
     encs = [Encoded(input_ids=torch.randint(1, 300, (n,)).tolist(), prompt_len=p) for n, p in ((12, 4), (20, 9), (7, 6), (15, 2), (3, 2))]
-    weight = torch.randn(5)
+    # two more responses to the second prompt: three sequences share one prompt copy, one response is empty
+    encs += [Encoded(input_ids=encs[1].input_ids[:9] + torch.randint(1, 300, (n,)).tolist(), prompt_len=9) for n in (5, 0)]
+    weight = torch.randn(len(encs))
     got = {}
     for name, batch in (("padded", collate(encs, pad_id=0)), ("packed", collate_packed(encs, pad_id=0, capacity=capacity))):
         model.zero_grad()
-        out = sequence_logps(model, batch)
+        out = sequence_logps(model, batch, fused_head=fused_head)
         (out.logps * weight).sum().backward()
         got[name] = (out.logps.detach(), out.num_tokens, {k: p.grad.float().clone() for k, p in model.named_parameters()})
-    if capacity == 40:
-        assert collate_packed(encs, pad_id=0, capacity=40)["input_ids"].shape == (2, 38)  # first fit: 20+15+3 | 12+7
+    if capacity == 40:  # groups of 9+11+5 = 25, 15, 12, 7, 3 tokens, first fit: 25+15 | 12+7+3
+        assert collate_packed(encs, pad_id=0, capacity=40)["input_ids"].shape == (2, 40)
     exact = dtype == torch.float32
-    assert got["packed"][1].tolist() == got["padded"][1].tolist() == [8, 11, 1, 13, 1]
+    assert got["packed"][1].tolist() == got["padded"][1].tolist() == [8, 11, 1, 13, 1, 5, 0]
     torch.testing.assert_close(got["packed"][0], got["padded"][0], atol=1e-5 if exact else 1e-3, rtol=0)
     for k, g in got["padded"][2].items():
         scale = max(g.abs().max().item(), 1e-3)

@@ -20,9 +20,11 @@ of a window are shuffled again, so chosen and rejected of similar lengths share 
 batch (small padding) while the order stays random. The per-rank loss is
 ``sum_i loss_i * W / n_global`` so that the gradient averaged over ranks is the mean over
 the global batch whatever its split (an uneven last batch included).
-In float32 a micro-step's sequences are packed end to end
-(:func:`iterdpo.logprobs.collate_packed`) rather than padded; in bfloat16 they are padded as scoring
-pads them (packing moves bf16 log-probs past the start check).
+A micro-step's sequences are packed end to end (:func:`iterdpo.logprobs.collate_packed`)
+rather than padded, except the checked first micro-step in bfloat16/float16, which pads as
+scoring pads: packing moves a low-precision log-prob past the start check's tolerance (the
+rounding of the attention's sums over keys changes with a sequence's offset in its row), and
+a gradient needs no bit-identity with scoring, only the check does.
 
 Resume. Every ``checkpoint_every`` optimiser steps the model, optimiser, scheduler, RNG
 states (``accelerator.save_state``, DeepSpeed-aware) and the step counter go to
@@ -135,11 +137,11 @@ def train(
     from transformers import AutoTokenizer, get_linear_schedule_with_warmup
 
     from iterdpo import distributed
-    from iterdpo.logprobs import collate, collate_packed, encode, load_causal_lm
+    from iterdpo.logprobs import LOW_PRECISION, collate, collate_packed, encode, load_causal_lm
     from iterdpo.training.losses import LOSSES
 
     dest = Path(dest)
-    _return_large_frees_to_os()
+    _return_large_frees_to_os(True)
     distributed.init()  # the right multi-process state on CPU (see iterdpo.distributed)
     # no cpu= flag: the launcher (use_cpu in the accelerate config) or the hardware decides
     # split_batches: the batch schedule below is already global (batch_size * W pairs a
@@ -213,16 +215,27 @@ def train(
     def column(name, idx):  # [len(idx)] float32: a PREFERENCES column for these pairs
         return torch.tensor([rows[i][name] for i in idx], dtype=torch.float32, device=accelerator.device)
 
-    from iterdpo.logprobs import check_tolerance, sequence_logps
+    from iterdpo.logprobs import attention_implementation, check_tolerance, sequence_logps
     from iterdpo.training.losses import implicit_margin
 
     # Packing moves each sequence to another offset of a longer row; in float32 that changes its
     # log-prob by ~1e-6 nats, in bfloat16 on SmolLM2 by 0.43-0.61 nats (the summation order over
     # keys shifts and the rounding flips propagate through 30 layers), past the start check, so
-    # low-precision training pads as scoring does.
-    pack = model_cfg.dtype == "float32"
-    collate_batch = collate_packed if pack else collate
+    # in low precision the checked micro-step pads as scoring does and only later ones pack.
+    pad_checked_step = model_cfg.dtype in LOW_PRECISION
+    # The loader's padding-invariant attention (eager for bf16 on CPU) matters only where
+    # log-probs are compared with scoring's: the checked micro-step and the final margins. The
+    # other micro-steps run SDPA, which keeps no [heads, T, T] probabilities per layer for the
+    # backward (at SmolLM2's shape, a 408-token packed row: 600 vs 100 MiB of activations).
+    eager_for_check = attention_implementation(model_cfg.dtype, accelerator.device.type) == "eager"
+
+    def attention(name: str) -> None:  # the kernel of the model's next forwards
+        if eager_for_check:
+            accelerator.unwrap_model(model).set_attn_implementation(name)
+
     checked = done_steps > 0
+    if checked:
+        attention("sdpa")
     bar = tqdm(total=micro_steps, initial=done_steps, desc=progress, disable=progress is None or not accelerator.is_main_process)
     step = 0
     for sched_e in epochs:
@@ -234,7 +247,8 @@ def train(
             weight = 1.0
             if not idx:  # fewer pairs than ranks in the last batch: join the collectives with weight 0
                 idx, weight = gbatch[:1], 0.0
-            # float32: packed, not padded (padding costs every layer's FLOPs and activations); see pack
+            # packed, not padded (padding costs every layer's FLOPs and activations); see pad_checked_step
+            collate_batch = collate if pad_checked_step and not checked else collate_packed
             batch = collate_batch([enc_c[i] for i in idx] + [enc_r[i] for i in idx], tokenizer.pad_token_id, accelerator.device)
             with accelerator.accumulate(model):
                 out = sequence_logps(model, batch)  # chosen rows first, then rejected: [2B]
@@ -247,6 +261,7 @@ def train(
                         check_tolerance(cfg.check_tolerance, model_cfg.dtype, out.num_tokens),
                     )
                     checked = True
+                    attention("sdpa")  # this forward's graph is built; the next ones need no invariance
                 # the loss's reference log-probs are exactly those scoring stored
                 reference_chosen_logps, reference_rejected_logps = column("ref_chosen_logps", idx), column("ref_rejected_logps", idx)
                 logps = (policy_chosen_logps, policy_rejected_logps, reference_chosen_logps, reference_rejected_logps,
@@ -280,6 +295,7 @@ def train(
 
         unset_hf_deepspeed_config()
 
+    attention("eager")  # final margins as scoring would compute them
     margins = _final_margins(accelerator, model, tokenizer, rows, enc_c, enc_r, cfg, progress)
     _save_model(accelerator, model, tokenizer, start_path, dest, cfg, model_cfg)
     if accelerator.is_main_process:
@@ -287,6 +303,7 @@ def train(
 
         records.write_table(pa.Table.from_pylist(margins, schema=PAIR_MARGINS), dest / "pair_margins.parquet")
     accelerator.wait_for_everyone()
+    _return_large_frees_to_os(False)
     m = [r["margin"] for r in margins]
     return {
         "pairs": len(rows),
@@ -302,16 +319,25 @@ def train(
     }
 
 
-def _return_large_frees_to_os() -> None:
-    """Make glibc serve every allocation of 128 KiB or more with its own mmap (``M_MMAP_THRESHOLD``).
+def _return_large_frees_to_os(training: bool) -> None:
+    """While ``training``, make glibc serve every allocation of 512 KiB or more with its own mmap
+    (``M_MMAP_THRESHOLD``); after it, let the heap serve up to 32 MiB again.
 
     By default glibc raises that threshold to the size of each large block freed (up to
     32 MiB), after which activations and gradients of that size come from the heap and stay
     resident after they are freed: a training step's RSS then carries the previous step's
     freed tensors. Measured at SmolLM2's shape (``benchmarks/training_memory.py``, fp32, 2 pairs
-    per step): peak RSS 3,682 MiB above the baseline by default, 3,139 MiB with the fixed
-    threshold. Process-wide and harmless elsewhere (CUDA memory is not malloc'd); a no-op
-    off glibc. The environment variable ``MALLOC_MMAP_THRESHOLD_`` does the same from outside.
+    per step): peak RSS 3,682 MiB above the baseline by default, 3,139 MiB at a fixed 128 KiB.
+    The price is a page fault per 4 KiB of every large tensor, each step again: at 128 KiB a
+    third of a CPU training step was kernel time. 512 KiB keeps most of the saving for less of
+    the cost (``benchmarks/training.py`` at SmolLM2's shape, fp32, 7 steps, mean s/step and peak
+    MiB: 128 KiB 5.93 / 3,088; 512 KiB 5.46 / 3,211; 1 MiB 4.77 / 3,578; benchmarks/real_training.md).
+    Process-wide, so the stages that follow in the same process are given back the heap: glibc
+    cannot return to its adaptive mode, so ``training=False`` sets the ceiling that mode reaches
+    (threshold 32 MiB, trim threshold 64 MiB). Sampling SmolLM2 with HF ``generate`` (32 prompts x
+    2 x 48 tokens, fp32) took 37.5 s wall (24.6 s of it kernel time) at a fixed 128 KiB, 40.1 s at
+    512 KiB, 26.3 s with glibc's defaults and 21.7 s at that ceiling. CUDA memory is not malloc'd;
+    a no-op off glibc, or when ``MALLOC_MMAP_THRESHOLD_`` sets the threshold from outside.
     """
     import ctypes
     import ctypes.util
@@ -321,7 +347,12 @@ def _return_large_frees_to_os() -> None:
         return
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        libc.mallopt(-3, 128 * 1024)  # M_MMAP_THRESHOLD (malloc.h): -3
+        if training:
+            libc.mallopt(-3, 512 * 1024)  # M_MMAP_THRESHOLD (malloc.h): -3
+            libc.mallopt(-1, 128 * 1024)  # M_TRIM_THRESHOLD (-1): glibc's default, as a later stage may have raised it
+        else:
+            libc.mallopt(-3, 32 * 1024 * 1024)
+            libc.mallopt(-1, 64 * 1024 * 1024)  # M_TRIM_THRESHOLD: -1
     except (OSError, AttributeError):  # not glibc (musl has no mallopt)
         pass
 

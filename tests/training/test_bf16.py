@@ -46,6 +46,32 @@ def test_toy_bf16_passes_the_start_check_and_trains(tiny_model_dir, bf16_pairs, 
     assert load_file(str(tmp_path / "model" / "model.safetensors"))["model.embed_tokens.weight"].dtype == torch.bfloat16
 
 
+def test_toy_bf16_pads_and_runs_eager_only_where_scoring_is_compared(tiny_model_dir, bf16_pairs, tmp_path, monkeypatch):
+    """The checked first micro-step pads on eager attention (scoring's composition), the later
+    ones pack on SDPA, the final margins run padded on eager again; a resumed run packs at once."""
+    from iterdpo import logprobs
+
+    calls = []
+    real = logprobs.sequence_logps
+
+    def spy(model, batch, **kw):
+        calls.append(("packed" if "position_ids" in batch else "padded", model.config._attn_implementation, torch.is_grad_enabled()))
+        return real(model, batch, **kw)
+
+    monkeypatch.setattr(logprobs, "sequence_logps", spy)
+    cfg = cfg_of(4, "train.checkpoint_every=1")
+    pairs = records.read_table(bf16_pairs).slice(0, 12)
+    train(pairs, str(tiny_model_dir), tmp_path / "a", tokenizer_path=None, model_cfg=cfg.model, cfg=cfg.train, seed=0,
+          progress=None, ckpt_dir=tmp_path / "ckpt")
+    training, margins = [c for c in calls if c[2]], [c for c in calls if not c[2]]
+    assert training == [("padded", "eager", True), ("packed", "sdpa", True), ("packed", "sdpa", True)]
+    assert margins and set(margins) == {("padded", "eager", False)}
+    calls.clear()  # the same stage restarted: it resumes after micro-step 2, the check long done
+    train(pairs, str(tiny_model_dir), tmp_path / "b", tokenizer_path=None, model_cfg=cfg.model, cfg=cfg.train, seed=0,
+          progress=None, ckpt_dir=tmp_path / "ckpt")
+    assert [c for c in calls if c[2]] == [("packed", "sdpa", True)]
+
+
 def test_toy_bf16_check_still_fails_on_a_tokenizer_change(tiny_model_dir, bf16_pairs, tmp_path):
     """One space more in the chat template: rows move by ~0.4 nats, 150x the check's tolerance."""
     from transformers import AutoTokenizer
