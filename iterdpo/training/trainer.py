@@ -334,9 +334,10 @@ def _return_large_frees_to_os(training: bool) -> None:
     MiB: 128 KiB 5.93 / 3,088; 512 KiB 5.46 / 3,211; 1 MiB 4.77 / 3,578; benchmarks/real_training.md).
     Process-wide, so the stages that follow in the same process are given back the heap: glibc
     cannot return to its adaptive mode, so ``training=False`` sets the ceiling that mode reaches
-    (threshold 32 MiB, trim threshold 64 MiB). Sampling SmolLM2 with HF ``generate`` (32 prompts x
-    2 x 48 tokens, fp32) took 37.5 s wall (24.6 s of it kernel time) at a fixed 128 KiB, 40.1 s at
-    512 KiB, 26.3 s with glibc's defaults and 21.7 s at that ceiling. CUDA memory is not malloc'd;
+    (threshold 32 MiB, trim threshold 64 MiB). Sampling SmolLM2 with HF ``generate``
+    (``benchmarks/generate_malloc.py``: 32 prompts x 2 x 48 tokens, fp32) took 45.5 s wall (28.9 s
+    of it kernel time) at a fixed 128 KiB, 45.9 s at 512 KiB, 27.5 s with glibc's defaults and
+    24.1 s (0.4 s kernel) at that ceiling. CUDA memory is not malloc'd;
     a no-op off glibc, or when ``MALLOC_MMAP_THRESHOLD_`` sets the threshold from outside.
     """
     import ctypes
