@@ -14,11 +14,13 @@ words, then measures on the same model, data and batch size:
     option minus without it, batch 2*batch_size sequences);
 (b) training: seconds per optimiser step and peak memory of ``iterdpo.training.trainer``
     (stored reference log-probs) and of TRL ``DPOTrainer`` with a live reference model,
-    each in its own subprocess, on the same first ``(warmup + steps) * batch_size`` pairs (one
-    epoch, each trainer its own batch order; ``s_per_step`` the median step, ``s_per_step_mean``
-    the mean, whose ratio compares the same timed work up to the untimed warmup steps). Peak
-    memory: ``torch.cuda.max_memory_allocated`` on GPU; on CPU the peak RSS during the timed
-    steps minus the RSS after imports, before the model.
+    each in its own subprocess, on the same first ``(warmup + steps) * batch_size`` pairs in the
+    same batches and order (TRL reads them sequentially in the order iterdpo's length-grouped
+    schedule visits them), so step k of one trainer and step k of the other do the same work:
+    ``step_time_ratios`` are the per-step ratios ours/TRL, ``time_ratio_ours_over_trl`` the ratio
+    of the median steps, ``mean_time_ratio_ours_over_trl`` that of the means (the same timed work
+    in all). Peak memory: ``torch.cuda.max_memory_allocated`` on GPU; on CPU the peak RSS during
+    the timed steps minus the RSS after imports, before the model.
 
 Prints one JSON line with every number.
 """
@@ -35,6 +37,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import zlib
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -218,16 +221,43 @@ def bench_scoring(d: Path, device: str, batch_size: int) -> dict:
             "speedup_vs_trl_precompute": t_trl / t_ours, "max_abs_logp_diff_vs_naive": err}
 
 
-def _trl_dataset(d: Path, fresh: bool = False, limit: int | None = None):
+def _ours_config(batch_size: int, dtype: str):
+    from iterdpo.config import load_config
+
+    return load_config(None, [f"train.batch_size={batch_size}", "train.epochs=1", "train.learning_rate=1e-4",
+                              "train.checkpoint_every=0", "model.max_length=512", f"model.dtype={dtype}"])
+
+
+def ours_order(d: Path, batch_size: int, n: int) -> list[int]:
+    """Indices of the first ``n`` pairs in the order iterdpo's trainer visits them (one process,
+    seed 0, epoch 0: its length-grouped ``batch_schedule`` over the lengths it computes)."""
+    from transformers import AutoTokenizer
+
+    from iterdpo import records
+    from iterdpo.logprobs import encode
+    from iterdpo.training.trainer import batch_schedule
+
+    cfg = _ours_config(batch_size, "float32")
+    tok = AutoTokenizer.from_pretrained(d / "model")
+    kw = dict(max_prompt_length=cfg.model.max_prompt_length, max_length=cfg.model.max_length)
+    lengths = [max(len(encode(tok, r["prompt"], r["chosen"], stopped=r["chosen_stopped"], **kw).input_ids),
+                   len(encode(tok, r["prompt"], r["rejected"], stopped=r["rejected_stopped"], **kw).input_ids))
+               for r in records.read_table(d / "pairs.parquet").to_pylist()[:n]]
+    return [i for batch in batch_schedule(lengths, batch_size, 1, 0, 0, cfg.train.group_by_length) for i in batch]
+
+
+def _trl_dataset(d: Path, fresh: bool = False, limit: int | None = None, order: list[int] | None = None):
     """The pairs as TRL's conversational dataset; ``limit``: the first ``limit`` pairs only (the ones
-    iterdpo's training takes, so both trainers time the same pairs: one epoch, each its own order)."""
+    iterdpo's training takes); ``order``: those pairs' indices in the order to write them."""
     from datasets import load_dataset
 
     from iterdpo import records
 
     rows = records.read_table(d / "pairs.parquet").to_pylist()[:limit]
+    if order is not None:
+        rows = [rows[i] for i in order]
     # fresh: no cached reference log-probs
-    path = d / (f"trl-{time.time_ns()}.jsonl" if fresh else f"trl-{len(rows)}.jsonl")
+    path = d / (f"trl-{time.time_ns()}.jsonl" if fresh else f"trl-{len(rows)}-{zlib.crc32(str(order).encode()):08x}.jsonl")
     with open(path, "w") as f:  # file-backed: what TRL needs with several processes
         for r in rows:
             f.write(json.dumps({"prompt": [{"role": "user", "content": r["prompt"]}],
@@ -287,7 +317,6 @@ def train_ours(d: Path, device: str, batch_size: int, steps: int, warmup: int, d
     import torch
 
     from iterdpo import records
-    from iterdpo.config import load_config
     from iterdpo.training.trainer import train
 
     preimport()
@@ -303,8 +332,7 @@ def train_ours(d: Path, device: str, batch_size: int, steps: int, warmup: int, d
 
     pairs = records.read_table(d / "pairs.parquet")
     n = (warmup + steps) * batch_size
-    cfg = load_config(None, [f"train.batch_size={batch_size}", "train.epochs=1", "train.learning_rate=1e-4",
-                             "train.checkpoint_every=0", "model.max_length=512", f"model.dtype={dtype}"])
+    cfg = _ours_config(batch_size, dtype)
     train(pairs.slice(0, n), str(d / "model"), d / "ours_out", tokenizer_path=None, model_cfg=cfg.model, cfg=cfg.train,
           seed=0, progress=None, history=Clock())
     return _timing(marks, warmup, base, device)
@@ -326,8 +354,9 @@ def train_trl(d: Path, device: str, batch_size: int, steps: int, warmup: int, dt
             marks.append((clock(), torch.cuda.max_memory_allocated() / 2**20 if device.startswith("cuda") else peak_mb()))
 
     tok = AutoTokenizer.from_pretrained(d / "model")
-    ds = _trl_dataset(d, limit=(warmup + steps) * batch_size)
-    args = _trl_args(d, device, batch_size, warmup + steps)
+    n = (warmup + steps) * batch_size
+    ds = _trl_dataset(d, limit=n, order=ours_order(d, batch_size, n))
+    args = _trl_args(d, device, batch_size, warmup + steps, train_sampling_strategy="sequential")
     # weights in ``dtype`` (bf16=False: no autocast), as iterdpo's model.dtype; TRL copies the reference from it
     trainer = DPOTrainer(model=AutoModelForCausalLM.from_pretrained(d / "model", dtype=getattr(torch, dtype)), args=args, train_dataset=ds,
                          processing_class=tok, callbacks=[Clock()])
@@ -339,6 +368,7 @@ def _timing(marks, warmup, base, device) -> dict:
     times = [b[0] - a[0] for a, b in zip(marks[warmup - 1 : -1], marks[warmup:], strict=True)] if warmup else []
     peak = marks[-1][1]
     return {"s_per_step": statistics.median(times), "s_per_step_mean": statistics.mean(times), "steps_timed": len(times),
+            "step_seconds": [round(t, 4) for t in times],
             "peak_mem_mb": peak if device.startswith("cuda") else peak - base}
 
 
@@ -364,7 +394,10 @@ def main() -> None:
     p.add_argument("--workdir")
     p.add_argument("--chunk-elements", type=int, default=None,
                    help="ours (scoring and training): logits per chunk of the log-prob routines, on CPU and CUDA "
-                        "(default: iterdpo.logprobs.chunk_elements)")
+                        "(default: iterdpo.lm_head.chunk_elements)")
+    p.add_argument("--keep-elements", type=int, default=None,
+                   help="ours (training): float32 softmax elements the fused LM head may keep for its backward "
+                        "instead of recomputing the logits (default: iterdpo.lm_head.KEEP_ELEMENTS; 0: always recompute)")
     p.add_argument("--part", choices=["ours", "trl"], help=argparse.SUPPRESS)
     a = p.parse_args()
     import torch
@@ -372,10 +405,12 @@ def main() -> None:
     torch.set_num_threads(a.threads)
     _clock[0] = CLOCK[a.clock]
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    if a.chunk_elements:
-        from iterdpo import logprobs
+    from iterdpo import lm_head
 
-        logprobs.CHUNK_ELEMENTS = logprobs.CUDA_CHUNK_ELEMENTS = a.chunk_elements
+    if a.chunk_elements:
+        lm_head.CHUNK_ELEMENTS = lm_head.CUDA_CHUNK_ELEMENTS = a.chunk_elements
+    if a.keep_elements is not None:
+        lm_head.KEEP_ELEMENTS = a.keep_elements
     if a.part:  # a training subprocess
         d = Path(a.workdir)
         fn = train_ours if a.part == "ours" else train_trl
@@ -411,6 +446,8 @@ def main() -> None:
                "--dtype", a.dtype]
         if part == "ours" and a.chunk_elements:
             cmd += ["--chunk-elements", str(a.chunk_elements)]
+        if part == "ours" and a.keep_elements is not None:
+            cmd += ["--keep-elements", str(a.keep_elements)]
         extra = dict(kv.split("=", 1) for kv in a.trl_env.split(",") if kv) if part == "trl" else {}
         out = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": str(a.threads), **extra})
         line = [x for x in out.stdout.splitlines() if x.startswith("RESULT ")]
@@ -420,6 +457,7 @@ def main() -> None:
     o, t = res["training"]["ours"], res["training"]["trl"]
     res["training"]["time_ratio_ours_over_trl"] = o["s_per_step"] / t["s_per_step"]
     res["training"]["mean_time_ratio_ours_over_trl"] = o["s_per_step_mean"] / t["s_per_step_mean"]
+    res["training"]["step_time_ratios"] = [round(a / b, 3) for a, b in zip(o["step_seconds"], t["step_seconds"], strict=True)]
     res["training"]["mem_ratio_ours_over_trl"] = o["peak_mem_mb"] / t["peak_mem_mb"]
     res["load_avg_end"] = os.getloadavg()
     print(json.dumps(res), flush=True)

@@ -37,6 +37,8 @@ from dataclasses import dataclass
 
 import torch
 
+from iterdpo.lm_head import fused_token_logps, token_logps
+
 LOW_PRECISION = ("bfloat16", "float16")
 
 
@@ -263,131 +265,37 @@ class LogpOutput:
     embedding: torch.Tensor | None = None  # [B, H] float32, mean of last hidden states over response tokens
 
 
-class _TokenLogps(torch.autograd.Function):
-    """``logit_y - logsumexp(logits)`` with a backward that allocates at most one [B, L', V] tensor.
+def _additive_mask(allowed: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """An additive attention mask [B, 1, Q, K] in ``dtype`` from a bool ``allowed`` [B, Q, K]
+    (query attends key): 0 where allowed, the dtype's most negative value elsewhere. Passed to
+    transformers as a 4D ``attention_mask``, it reaches eager attention and SDPA as it is."""
+    blocked = torch.zeros(allowed.shape, dtype=dtype, device=allowed.device)
+    return blocked.masked_fill_(~allowed, torch.finfo(dtype).min)[:, None]
 
-    Autograd through gather + logsumexp would build a zero-filled scatter for the gather, the
-    softmax for the logsumexp and their sum, each [B, L, V] (plus a full copy for a slice of
-    the logits). Here the gradient ``g * (onehot(y) - softmax(logits))`` is written row chunk by
-    row chunk into one buffer; with ``inplace`` that buffer is the logits' own storage (they
-    are needed by nothing else once the log-probs exist: the LM head's backward needs its
-    input, not its output), so the backward adds no [B, L', V] tensor at all. Were the logits
-    saved by another op, autograd's version check would raise rather than compute wrong
-    gradients.
+
+def _attention_mask(key_mask: torch.Tensor, queries: int, dtype: torch.dtype) -> torch.Tensor:
+    """The ``attention_mask`` of a forward whose ``queries`` tokens are the last of the
+    ``K = key_mask.shape[1]`` keys (a whole right-padded batch: Q = K; after a KV cache: Q < K).
+
+    ``key_mask`` [B, K] (1 = a real token) is returned as it is in float32. In bfloat16/float16
+    it becomes the explicit causal mask [B, 1, Q, K] (query i attends key k iff key k is real
+    and k <= K - Q + i), even for a batch without padding: transformers drops an all-ones mask
+    and SDPA then runs its unmasked causal kernel (flash attention on CUDA), while a batch with
+    padding runs a masked kernel, and the two round differently in low precision (a row alone
+    vs in a padded batch: up to 0.295 nats on an H200, random 1.24 B Llama,
+    ``benchmarks/gpu/check.sh``). Scoring's batches of equal-length rows and training's padded
+    ones would then disagree at training's start check. With the mask always explicit, every
+    low-precision forward of scoring and training runs the masked kernel (the check's padding
+    step measures whether that kernel is padding-invariant on CUDA). On CPU the loader picks
+    eager attention in low precision, to which this is the mask transformers builds itself.
     """
-
-    @staticmethod
-    def forward(ctx, logits, labels, chunk_rows: int, inplace: bool):
-        L = labels.shape[1]
-        x = logits[:, :L]
-        picked = torch.gather(x, 2, labels.unsqueeze(-1)).squeeze(-1).float()  # [B, L]
-        lse = torch.cat([torch.logsumexp(c.float(), dim=-1) for c in x.split(chunk_rows, dim=0)])  # [B, L]
-        ctx.save_for_backward(logits, labels, lse)
-        ctx.chunk_rows, ctx.inplace = chunk_rows, inplace
-        ctx.mark_non_differentiable(lse)
-        return picked - lse, lse
-
-    @staticmethod
-    def backward(ctx, g, _g_lse):
-        logits, labels, lse = ctx.saved_tensors
-        L, c = labels.shape[1], ctx.chunk_rows
-        grad = logits if ctx.inplace else torch.empty_like(logits)
-        g = g.float()
-        for b in range(0, logits.shape[0], c):
-            x, gb, lb, gg = logits[b : b + c, :L], grad[b : b + c, :L], lse[b : b + c, :, None], g[b : b + c, :, None]
-            if logits.dtype == torch.float32:
-                torch.sub(x, lb, out=gb)  # the float32 chunk is computed where it is stored
-                gb.exp_().mul_(-gg).scatter_add_(2, labels[b : b + c].unsqueeze(-1), gg)
-            else:  # low precision logits: compute the chunk in float32, store it rounded
-                p = (x.float() - lb).exp_().mul_(-gg).scatter_add_(2, labels[b : b + c].unsqueeze(-1), gg)
-                gb.copy_(p)
-        if grad.shape[1] > L:
-            grad[:, L:].zero_()  # positions not scored (the last logit) get no gradient
-        return grad, None, None, None
-
-
-CHUNK_ELEMENTS = 1 << 22  # a [chunk, L, V] float32 temporary of at most 16 MiB (or one row)
-# On CUDA a 16 MiB chunk is 32 positions at a 128k vocabulary: the fused head's [32, H] x [H, V]
-# products and their elementwise ops are launch-bound there. Measured on one H200 (1.24 B Llama,
-# bf16, 8 pairs a step, benchmarks/gpu/check.sh, 2026-12-04): one micro-step's forward +
-# backward 289 ms at 2^22, 161 ms at 2^25, 154 ms at 2^28 (the model's own head: 160 ms); a
-# training step 0.369 -> 0.192 s (TRL 0.224 s) for +27 MiB of peak memory at 2^25.
-CUDA_CHUNK_ELEMENTS = 1 << 25  # 128 MiB float32
-
-
-def chunk_elements(device: torch.device) -> int:
-    """Logits per chunk of :func:`token_logps` / :func:`fused_token_logps` on ``device``."""
-    return CUDA_CHUNK_ELEMENTS if device.type == "cuda" else CHUNK_ELEMENTS
-
-
-def token_logps(
-    logits: torch.Tensor, labels: torch.Tensor, chunk_rows: int | None = None, inplace_grad: bool = False
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """``log pi(label)`` per position without materialising ``log_softmax`` over the vocabulary.
-
-    ``logits`` [B, L', V] (any float dtype; L' >= L, positions >= L are not scored),
-    ``labels`` [B, L] -> (token_logp [B, L] float32, logsumexp [B, L] float32), with
-    ``log pi(y) = logit_y - logsumexp(logits)``. log_softmax + gather would keep a second
-    [B, L, V] tensor for the backward; this keeps none (the logits exist anyway), takes the
-    logsumexp ``chunk_rows`` batch rows at a time (its exp temporary is [chunk, L, V]) and
-    computes the gradient in one buffer, the logits' own with ``inplace_grad`` (only when
-    nothing else reads the logits after this call). See :class:`_TokenLogps`. ``chunk_rows``
-    None: as many rows as keep the temporary under :func:`chunk_elements` (one chunk for small
-    vocabularies, where a Python loop over rows would cost more than the memory it saves).
-    """
-    if chunk_rows is None:
-        chunk_rows = max(1, chunk_elements(logits.device) // max(1, labels.shape[1] * logits.shape[-1]))
-    return _TokenLogps.apply(logits, labels, chunk_rows, inplace_grad)
-
-
-class _LinearTokenLogps(torch.autograd.Function):
-    """``log pi(y_n) = (h_n W^T)_{y_n} - logsumexp(h_n W^T)`` for N selected positions, the LM
-    head fused in and chunked over positions, so no [N, V] logits outlive a chunk.
-
-    Forward: per chunk of ``chunk_rows`` positions, logits = ``h W^T`` in the weights' dtype
-    (as the model's own head computes them), then the picked logit and the logsumexp in
-    float32; saved for the backward: ``h`` [N, H] and the logsumexp [N] only. Backward:
-    the chunk's logits are recomputed and ``G = g * (onehot(y) - softmax)`` [c, V] (float32,
-    stored in the weights' dtype like the gradient of the model's own logits) gives
-    ``dL/dh = G W`` and ``dL/dW += G^T h`` (one in-place addmm per chunk). Costs one
-    more ``h W^T`` than autograd through the head, and saves the [N, V] logits it would keep
-    and the [N, V] gradient it would build.
-    """
-
-    @staticmethod
-    def forward(ctx, hidden, weight, labels, chunk_rows: int):
-        N = hidden.shape[0]
-        token_logp = torch.empty(N, dtype=torch.float32, device=hidden.device)
-        lse = torch.empty(N, dtype=torch.float32, device=hidden.device)
-        for s in range(0, N, chunk_rows):
-            logits = torch.nn.functional.linear(hidden[s : s + chunk_rows], weight).float()  # [c, V]
-            lse[s : s + chunk_rows] = torch.logsumexp(logits, dim=-1)
-            token_logp[s : s + chunk_rows] = logits.gather(1, labels[s : s + chunk_rows, None]).squeeze(1) - lse[s : s + chunk_rows]
-        ctx.save_for_backward(hidden, weight, labels, lse)
-        ctx.chunk_rows = chunk_rows
-        ctx.mark_non_differentiable(lse)
-        return token_logp, lse
-
-    @staticmethod
-    def backward(ctx, g, _g_lse):
-        hidden, weight, labels, lse = ctx.saved_tensors
-        need_hidden, need_weight = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
-        grad_hidden = torch.empty_like(hidden) if need_hidden else None
-        # the weight's gradient accumulates in the weight's dtype: addmm_ sums each chunk's G^T h in
-        # float32 and rounds once per chunk; a float32 buffer would add 2 bytes per weight in bf16
-        grad_weight = torch.zeros_like(weight) if need_weight else None
-        g = g.float()
-        c = ctx.chunk_rows
-        for s in range(0, hidden.shape[0], c):
-            h, y, gg = hidden[s : s + c], labels[s : s + c, None], g[s : s + c, None]
-            G = torch.nn.functional.linear(h, weight).float()  # [c, V] recomputed
-            G.sub_(lse[s : s + c, None]).exp_().mul_(-gg).scatter_add_(1, y, gg)  # g * (onehot - softmax)
-            G = G.to(weight.dtype)
-            if need_hidden:
-                torch.mm(G, weight, out=grad_hidden[s : s + c])
-            if need_weight:
-                grad_weight.addmm_(G.t(), h)
-        return grad_hidden, grad_weight, None, None
+    if dtype not in (torch.bfloat16, torch.float16):
+        return key_mask
+    K = key_mask.shape[1]
+    key_index = torch.arange(K, device=key_mask.device)
+    query_index = torch.arange(K - queries, K, device=key_mask.device)
+    causal = key_index[None, :] <= query_index[:, None]  # [Q, K]
+    return _additive_mask(causal[None] & key_mask.bool()[:, None, :], dtype)
 
 
 def _plain_head_weight(model) -> torch.Tensor | None:
@@ -409,17 +317,6 @@ def _plain_head_weight(model) -> torch.Tensor | None:
     if any(getattr(config, k, None) not in (None, 1.0) for k in ("final_logit_softcapping", "logit_scale", "logits_scaling")):
         return None
     return weight
-
-
-def fused_token_logps(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor,
-                      chunk_rows: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """``log pi(label_n)`` [N] float32 and the logsumexp [N] from final hidden states ``hidden``
-    [N, H] and the LM head ``weight`` [V, H], never holding more than ``chunk_rows`` x V logits
-    (default: as many rows as keep a chunk under :func:`chunk_elements`). See
-    :class:`_LinearTokenLogps`."""
-    if chunk_rows is None:
-        chunk_rows = max(1, chunk_elements(hidden.device) // weight.shape[0])
-    return _LinearTokenLogps.apply(hidden, weight, labels, chunk_rows)
 
 
 def sequence_logps(
@@ -452,17 +349,15 @@ def sequence_logps(
     if packed and (with_entropy or with_embedding):
         raise ValueError("sequence_logps: entropy and embeddings need a padded batch (collate), not a packed one")
     weight = _plain_head_weight(model) if fused_head and not with_entropy else None
+    # the hidden states' dtype (the embedding's, every causal LM's first parameter; a LoRA adapter's may be wider)
+    dtype = weight.dtype if weight is not None else next(model.parameters()).dtype
     if weight is not None or packed:
         if packed:  # labels, where their logits come from, their sequences (collate_packed)
-            # the hidden states' dtype (the embedding's, every causal LM's first parameter; a LoRA adapter's may be wider)
-            dtype = weight.dtype if weight is not None else next(model.parameters()).dtype
-            blocked = torch.zeros(batch["attend"].shape, dtype=dtype, device=ids.device)
-            blocked.masked_fill_(~batch["attend"], torch.finfo(dtype).min)  # additive: eager and SDPA alike
-            inputs = {"position_ids": batch["position_ids"], "attention_mask": blocked[:, None]}  # [R, 1, S, S]
+            inputs = {"position_ids": batch["position_ids"], "attention_mask": _additive_mask(batch["attend"], dtype)}
             labels, sources = batch["labels"], batch["label_positions"]
             rows, n_rows = batch["label_sequences"], batch["num_sequences"]
         else:
-            inputs = {"attention_mask": batch["attention_mask"]}
+            inputs = {"attention_mask": _attention_mask(batch["attention_mask"], T, dtype)}
             label_mask = resp[:, 1:]  # [B, T-1]: position t-1 predicts response token t
             where = label_mask.nonzero()  # [N, 2]: (batch row, position predicting the label)
             sources, rows, n_rows = where[:, 0] * T + where[:, 1], where[:, 0], ids.shape[0]  # flat sources [N]
@@ -488,7 +383,7 @@ def sequence_logps(
     first = max(first, 1)
     out = model(
         input_ids=ids,
-        attention_mask=batch["attention_mask"],
+        attention_mask=_attention_mask(batch["attention_mask"], T, dtype),
         output_hidden_states=with_embedding,
         use_cache=False,
         logits_to_keep=T - first + 1,  # logits of positions first-1 .. T-1
@@ -547,7 +442,9 @@ def shared_prompt_logps(
     if not live:
         return logps, ntok
     P = len(prompt_ids)
-    pre = model(input_ids=torch.tensor([prompt_ids], device=device), use_cache=True, logits_to_keep=1)
+    dtype = next(model.parameters()).dtype
+    prompt_mask = _attention_mask(torch.ones(1, P, dtype=torch.long, device=device), P, dtype)
+    pre = model(input_ids=torch.tensor([prompt_ids], device=device), attention_mask=prompt_mask, use_cache=True, logits_to_keep=1)
     first = pre.logits[:, -1:]  # [1, 1, V]: predicts each response's first token
     buckets = [[live[j] for j in b] for b in length_buckets([len(responses[i]) for i in live], batch_tokens, max_batch, max_pad)]
     for k, idx in enumerate(buckets):
@@ -562,7 +459,7 @@ def shared_prompt_logps(
             ids[j, :L] = torch.tensor(responses[i], dtype=torch.long)
             attn[j, P : P + L] = 1
         ids, attn = ids.to(device), attn.to(device)
-        out = model(input_ids=ids, attention_mask=attn, past_key_values=cache, use_cache=True)
+        out = model(input_ids=ids, attention_mask=_attention_mask(attn, R, dtype), past_key_values=cache, use_cache=True)
         logits = torch.cat([first.expand(b, 1, -1), out.logits[:, :-1]], dim=1)  # [b, R, V]
         del out, cache
         tl, _ = token_logps(logits, ids)

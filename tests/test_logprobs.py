@@ -15,7 +15,6 @@ from iterdpo.logprobs import (
     render_prompt,
     score_logps,
     sequence_logps,
-    token_logps,
 )
 
 
@@ -67,29 +66,6 @@ def test_sequence_logps_matches_a_per_token_loop(tiny):
             assert int(out.num_tokens[b]) == len(resp)
             assert float(out.entropy[b]) == pytest.approx(float(ent), abs=1e-4)
             torch.testing.assert_close(out.embedding[b], emb.float(), atol=1e-5, rtol=1e-4)
-
-
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("inplace", [False, True])
-@pytest.mark.parametrize("chunk", [1, 3])
-def test_token_logps_value_and_gradient_equal_log_softmax_gather(dtype, inplace, chunk):
-    torch.manual_seed(0)
-    B, L, V = 4, 7, 50
-    base = (3 * torch.randn(B, L + 1, V)).to(dtype)  # one more position than labels: it is not scored
-    labels = torch.randint(0, V, (B, L))
-    w = torch.randn(B, L)  # arbitrary upstream gradient
-    ref_in = base.clone().float().requires_grad_()
-    want = torch.log_softmax(ref_in[:, :L], -1).gather(2, labels.unsqueeze(-1)).squeeze(-1)
-    (want * w).sum().backward()
-    x = base.clone().requires_grad_()
-    logits = x * 1  # a non-leaf, like a model's output (the in-place gradient reuses its storage)
-    got, lse = token_logps(logits, labels, chunk_rows=chunk, inplace_grad=inplace)
-    (got * w).sum().backward()
-    tol = dict(atol=1e-5, rtol=1e-5) if dtype == torch.float32 else dict(atol=2e-2, rtol=2e-2)
-    torch.testing.assert_close(got, want.detach(), **({"atol": 1e-5, "rtol": 1e-5} if dtype == torch.float32 else {"atol": 1e-4, "rtol": 0}))
-    torch.testing.assert_close(lse, torch.logsumexp(base[:, :L].float(), -1), atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(x.grad.float(), ref_in.grad, **tol)
-    assert not x.grad[:, L:].any()
 
 
 def test_padding_and_bucketing_do_not_change_logps(tiny):
@@ -173,25 +149,6 @@ def test_fused_head_equals_the_models_own_head_values_and_gradients(dtype):
         torch.testing.assert_close(g_fused[k], g_plain[k], atol=(1e-5 if exact else 2e-2) * max(scale, 1e-3), rtol=0, msg=k)
 
 
-def test_fused_head_chunks_agree():
-    from iterdpo.logprobs import fused_token_logps
-
-    torch.manual_seed(1)
-    hidden, weight = torch.randn(10, 8, requires_grad=True), torch.randn(30, 8, requires_grad=True)
-    labels = torch.randint(0, 30, (10,))
-    results = []
-    for chunk in (1, 3, 10):
-        lp, lse = fused_token_logps(hidden, weight, labels, chunk_rows=chunk)
-        gh, gw = torch.autograd.grad(lp.sum(), (hidden, weight))
-        results.append((lp, lse, gh, gw))
-    want = torch.log_softmax(hidden @ weight.T, -1).gather(1, labels[:, None]).squeeze(1)
-    for lp, lse, gh, gw in results:
-        torch.testing.assert_close(lp, want, atol=1e-5, rtol=1e-5)
-        torch.testing.assert_close(lse, torch.logsumexp(hidden @ weight.T, -1), atol=1e-5, rtol=1e-5)
-        torch.testing.assert_close(gh, results[0][2], atol=1e-5, rtol=1e-5)
-        torch.testing.assert_close(gw, results[0][3], atol=1e-5, rtol=1e-5)
-
-
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("capacity", [1, 40, 512])
 @pytest.mark.parametrize("fused_head", [True, False])
@@ -229,3 +186,74 @@ def test_packed_batches_equal_padded_ones_values_and_gradients(dtype, capacity, 
     for k, g in got["padded"][2].items():
         scale = max(g.abs().max().item(), 1e-3)
         torch.testing.assert_close(got["packed"][2][k], g, atol=(1e-5 if exact else 2e-2) * scale, rtol=0, msg=k)
+
+
+def _random_llama(dtype: torch.dtype, attn: str, device: str = "cpu", hidden: int = 64, layers: int = 2, heads: int = 2):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=300, hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
+                      num_attention_heads=heads, num_key_value_heads=1, tie_word_embeddings=True)
+    cfg._attn_implementation = attn
+    return LlamaForCausalLM(cfg).to(dtype=dtype, device=device).eval()
+
+
+def _shared_prompt_rows(n_prompts: int, per_prompt: int, seed: int) -> tuple[list[list[int]], list[list[list[int]]]]:
+    g = torch.Generator().manual_seed(seed)
+    prompts = [torch.randint(1, 300, (int(torch.randint(4, 30, (1,), generator=g)),), generator=g).tolist() for _ in range(n_prompts)]
+    responses = [[torch.randint(1, 300, (int(torch.randint(1, 60, (1,), generator=g)),), generator=g).tolist()
+                  for _ in range(per_prompt)] for _ in prompts]
+    return prompts, responses
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_low_precision_forwards_get_an_explicit_causal_mask(dtype):
+    """In bf16 every forward of scoring and training (a batch without padding, a padded one, a
+    shared prompt and the responses after its KV cache) gets an explicit [B, 1, Q, K] mask, so
+    SDPA cannot switch kernels with the padding; in float32 the [B, T] mask goes as it is. The
+    log-probs equal a plain forward's with the [B, T] mask (eager attention: the same mask)."""
+    from iterdpo.logprobs import shared_prompt_logps
+
+    model = _random_llama(dtype, "eager")
+    seen: list[tuple[int, ...]] = []
+    model.register_forward_pre_hook(lambda _m, _a, kw: seen.append(tuple(kw["attention_mask"].shape)), with_kwargs=True)
+    prompts, responses = _shared_prompt_rows(1, 3, seed=2)
+    encs = [Encoded(input_ids=prompts[0] + r, prompt_len=len(prompts[0])) for r in responses[0]]
+    alone = [sequence_logps(model, collate([e], pad_id=0)).logps.item() for e in encs]
+    batch = collate(encs, pad_id=0)
+    batched = sequence_logps(model, batch).logps.tolist()
+    shared, _ = shared_prompt_logps(model, prompts[0], responses[0], pad_id=0)
+    T, P, R = batch["input_ids"].shape[1], len(prompts[0]), max(map(len, responses[0]))
+    lengths = [len(e.input_ids) for e in encs]
+    if dtype == torch.float32:
+        assert seen == [(1, n) for n in lengths] + [(3, T), (1, P), (3, P + R)]
+    else:
+        assert seen == [(1, 1, n, n) for n in lengths] + [(3, 1, T, T), (1, 1, P, P), (3, 1, R, P + R)]
+    with torch.no_grad():  # the reference: the model's own forward, [B, T] mask, log_softmax over its logits
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.float()
+    token = torch.log_softmax(logits[:, :-1], -1).gather(2, batch["input_ids"][:, 1:, None]).squeeze(-1)
+    want = (token * batch["response_mask"][:, 1:]).sum(-1).tolist()
+    tol = 1e-4 if dtype == torch.float32 else 2e-3
+    assert batched == pytest.approx(want, abs=tol)
+    assert alone == pytest.approx(want, abs=tol)
+    assert shared == pytest.approx(want, abs=tol)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_bf16_logps_on_cuda_do_not_depend_on_the_batch():
+    """On CUDA with SDPA (the loader's kernel there), a bf16 row's log-prob alone, in a padded
+    batch, and after its prompt's KV cache agree within training's start-check tolerance: what
+    lets training's first step compare itself with scoring whatever the two batches were."""
+    from iterdpo.logprobs import check_tolerance, shared_prompt_logps
+
+    model = _random_llama(torch.bfloat16, "sdpa", "cuda", hidden=512, layers=4, heads=8)
+    prompts, responses = _shared_prompt_rows(4, 4, seed=5)
+    encs = [Encoded(input_ids=p + r, prompt_len=len(p)) for p, rs in zip(prompts, responses, strict=True) for r in rs]
+    with torch.no_grad():
+        alone = torch.tensor([sequence_logps(model, collate([e], 0, "cuda")).logps.item() for e in encs])
+        out = sequence_logps(model, collate(encs, 0, "cuda"))
+        shared = torch.tensor([x for p, rs in zip(prompts, responses, strict=True) for x in shared_prompt_logps(model, p, rs, 0)[0]])
+    tolerance = check_tolerance(1e-3, "bfloat16", out.num_tokens.cpu())
+    assert ((alone - out.logps.cpu()).abs() <= tolerance).all(), (alone - out.logps.cpu()).abs().max()
+    assert ((shared - out.logps.cpu()).abs() <= tolerance).all(), (shared - out.logps.cpu()).abs().max()

@@ -10,9 +10,11 @@ of a step does not depend on what the weights know). Steps, each printed as it f
 1. build: a Llama of Llama-3.2-1B's shape (hidden 2048, 16 layers, 32 heads / 8 KV heads,
    MLP 8192, vocabulary 128,256, tied embeddings; 1.24 B parameters) saved in bf16, and
    ``--pairs`` preference pairs of random toy-vocabulary responses.
-2. padding: a row's bf16 log-prob alone vs inside a right-padded batch, with SDPA and with
-   eager attention (max |difference|, nats): what decides whether
-   ``iterdpo.logprobs.attention_implementation`` must leave SDPA on CUDA.
+2. padding: a row's bf16 log-prob alone and after its prompt's KV cache vs inside a
+   right-padded batch, with SDPA and with eager attention (max |difference|, nats, and as a
+   fraction of training's start-check tolerance): whether bf16 training can start on this
+   device. Every bf16 forward of iterdpo's scoring and training passes an explicit causal
+   mask (``iterdpo.logprobs``), so SDPA runs one kernel with and without padding.
 3. scoring: ``iterdpo.logprobs.score_logps`` over every response (no grad), tokens/s and MFU
    (2 N FLOPs per token); the scored log-probs become the pairs' reference and start
    log-probs, so training's first-step check runs on CUDA in bf16.
@@ -87,23 +89,31 @@ def build(d: Path, shape: dict, pairs: int, words: tuple[int, int], seed: int = 
     return n
 
 
-def padding_gap(d: Path, device: str, n_rows: int = 16) -> dict:
-    """Max |log-prob alone - log-prob in a padded batch| over ``n_rows`` responses, per attention kernel."""
+def padding_gap(d: Path, device: str, n_pairs: int = 8) -> dict:
+    """Max |log-prob alone - log-prob in a padded batch| (and after the prompt's KV cache, as
+    the score stage's default ``share_prompts`` computes it) over the chosen and rejected
+    responses of ``n_pairs`` pairs, per attention kernel, and the largest gap as a fraction of
+    training's start-check tolerance for that row (``iterdpo.logprobs.check_tolerance``, base
+    1e-3): at most 1 is what bf16 training needs on this device."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from iterdpo.logprobs import score_logps
+    from iterdpo.logprobs import check_tolerance, score_logps
 
     tok = AutoTokenizer.from_pretrained(d / "model")
-    rows = json.loads((d / "rows.json").read_text())[:n_rows]
-    resp = [{"prompt": r["prompt"], "completion": r["chosen"], "finish_reason": "stop"} for r in rows]
+    rows = json.loads((d / "rows.json").read_text())[:n_pairs]
+    resp = [{"prompt": r["prompt"], "completion": r[k], "finish_reason": "stop"} for r in rows for k in ("chosen", "rejected")]
     kw = dict(max_prompt_length=128, max_length=512)
     out = {}
     for attn in ("sdpa", "eager"):
         model = AutoModelForCausalLM.from_pretrained(d / "model", dtype=torch.bfloat16, attn_implementation=attn).to(device).eval()
-        alone, _ = score_logps(model, tok, resp, batch_tokens=1, **kw)
-        batched, _ = score_logps(model, tok, resp, batch_tokens=1 << 20, **kw)
-        out[attn] = max(abs(a - b) for a, b in zip(alone, batched, strict=True))
+        batched, n = score_logps(model, tok, resp, batch_tokens=1 << 20, **kw)
+        tolerance = check_tolerance(1e-3, "bfloat16", torch.tensor(n)).tolist()
+        for name, options in (("alone", dict(batch_tokens=1)), ("shared_prompt", dict(batch_tokens=1 << 20, share_prompts=2))):
+            other, _ = score_logps(model, tok, resp, **options, **kw)
+            gaps = [abs(a - b) for a, b in zip(other, batched, strict=True)]
+            out[f"{attn}_{name}"] = max(gaps)
+            out[f"{attn}_{name}_over_tolerance"] = max(g / t for g, t in zip(gaps, tolerance, strict=True))
         del model
         if device.startswith("cuda"):
             torch.cuda.empty_cache()
@@ -152,12 +162,12 @@ def head_routes(d: Path, device: str, n_pairs: int = 8, repeats: int = 5) -> dic
     """Milliseconds of one forward + backward of ``2 n_pairs`` padded bf16 sequences (one
     training micro-step's batch) per LM-head route of :func:`iterdpo.logprobs.sequence_logps`:
     the fused, chunked head at 2^22 logits a chunk (the CPU default), 2^25 (the CUDA default,
-    ``iterdpo.logprobs.CUDA_CHUNK_ELEMENTS``) and 2^28, and the model's own head
+    ``iterdpo.lm_head.CUDA_CHUNK_ELEMENTS``) and 2^28, and the model's own head
     (fused_head=False: [B, T', V] logits, as TRL computes them)."""
     import torch
     from transformers import AutoTokenizer
 
-    from iterdpo import logprobs
+    from iterdpo import lm_head
     from iterdpo.logprobs import collate, encode, load_causal_lm, sequence_logps
 
     tok = AutoTokenizer.from_pretrained(d / "model")
@@ -165,11 +175,11 @@ def head_routes(d: Path, device: str, n_pairs: int = 8, repeats: int = 5) -> dic
     enc = [encode(tok, r["prompt"], r[k], stopped=True, max_prompt_length=128, max_length=512) for k in ("chosen", "rejected") for r in rows]
     batch = collate(enc, tok.pad_token_id, device)
     model = load_causal_lm(str(d / "model"), "bfloat16", device).train()
-    default = logprobs.CUDA_CHUNK_ELEMENTS
+    default = lm_head.CUDA_CHUNK_ELEMENTS
     out = {"tokens": int(batch["attention_mask"].sum()), "padded_tokens": int(batch["attention_mask"].numel())}
     for name, chunk, fused in (("fused_chunk_2^22", 1 << 22, True), ("fused_chunk_2^25", 1 << 25, True),
                                ("fused_chunk_2^28", 1 << 28, True), ("model_head", default, False)):
-        logprobs.CUDA_CHUNK_ELEMENTS = chunk
+        lm_head.CUDA_CHUNK_ELEMENTS = chunk
         times = []
         torch.cuda.reset_peak_memory_stats()
         for i in range(repeats + 1):
@@ -181,7 +191,7 @@ def head_routes(d: Path, device: str, n_pairs: int = 8, repeats: int = 5) -> dic
                 times.append(time.perf_counter() - t)
             model.zero_grad(set_to_none=True)
         out[name] = {"ms": 1e3 * sorted(times)[len(times) // 2], "peak_mem_mib": torch.cuda.max_memory_allocated() / 2**20}
-    logprobs.CUDA_CHUNK_ELEMENTS = default
+    lm_head.CUDA_CHUNK_ELEMENTS = default
     del model
     torch.cuda.empty_cache()
     return out
@@ -231,7 +241,7 @@ def main() -> int:
     res["params"] = n = build(d, shape, pairs, words)
     say(f"device {name}, torch {torch.__version__}, {n / 1e9:.3f} B params, build {time.perf_counter() - t0:.0f} s")
     res["padding_gap_nats"] = padding_gap(d, device)
-    say("bf16 padding gap (row alone vs padded batch), nats:", json.dumps(res["padding_gap_nats"]))
+    say("bf16 padding gap (row alone / after its prompt's KV cache vs in a padded batch), nats:", json.dumps(res["padding_gap_nats"]))
     res["scoring"] = sc = scoring(d, device, n, peak)
     say(f"scoring: {sc['tokens_per_s']:,.0f} tokens/s" + (f", MFU {sc['mfu']:.1%}" if "mfu" in sc else "")
         + (f", peak {sc['peak_mem_mib']:,.0f} MiB" if "peak_mem_mib" in sc else ""))

@@ -21,7 +21,8 @@ def test_gpu_check_smoke_runs_on_cpu(tmp_path):
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-3000:]
     res = json.loads(out.stdout.strip().splitlines()[-1])
     assert res["params"] > 0 and res["scoring"]["tokens_per_s"] > 0
-    assert res["padding_gap_nats"]["eager"] < 1e-3  # the kernel iterdpo picks for bf16 on CPU
+    gap = res["padding_gap_nats"]  # eager: the kernel iterdpo picks for bf16 on CPU
+    assert gap["eager_alone_over_tolerance"] <= 1 and gap["eager_shared_prompt_over_tolerance"] <= 1, gap
     ours = res["training"]["ours"]
     assert ours["s_per_step"] > 0 and ours["peak_mem_mb"] > 0  # trained, past the bf16 start check
     assert "TRL skipped" in out.stdout
