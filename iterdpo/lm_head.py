@@ -105,9 +105,11 @@ class _LinearTokenLogps(torch.autograd.Function):
     logits. Backward: ``G = g * (onehot(y) - softmax)`` [c, V] (float32, then stored in the
     weights' dtype like the gradient of the model's own logits) gives ``dL/dh = G W`` and
     ``dL/dW = sum_chunks G^T h``. Recomputing costs one more ``h W^T`` than autograd through the
-    head (on CPU at SmolLM2's shape, 264 positions, float32: forward + backward 902 ms chunked
-    and recomputed, 604 ms kept; bfloat16 434 vs 299 ms); keeping costs N x V float32, so
-    :func:`fused_token_logps` keeps only up to :data:`KEEP_ELEMENTS`.
+    head: at SmolLM2's head on one CPU thread, 264 positions, forward + backward take 607 ms kept
+    and 913 ms recomputed in float32, 324 vs 398 ms in bfloat16 (``benchmarks/lm_head.py``);
+    keeping costs N x V float32, so :func:`fused_token_logps` keeps only up to
+    :data:`KEEP_ELEMENTS`. On CUDA a micro-step's N x V is far above it (8 pairs of 50-400 words
+    at a 128k vocabulary: ~3e8), so there the logits are recomputed as before.
     """
 
     @staticmethod

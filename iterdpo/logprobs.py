@@ -281,13 +281,16 @@ def _attention_mask(key_mask: torch.Tensor, queries: int, dtype: torch.dtype) ->
     it becomes the explicit causal mask [B, 1, Q, K] (query i attends key k iff key k is real
     and k <= K - Q + i), even for a batch without padding: transformers drops an all-ones mask
     and SDPA then runs its unmasked causal kernel (flash attention on CUDA), while a batch with
-    padding runs a masked kernel, and the two round differently in low precision (a row alone
-    vs in a padded batch: up to 0.295 nats on an H200, random 1.24 B Llama,
-    ``benchmarks/gpu/check.sh``). Scoring's batches of equal-length rows and training's padded
-    ones would then disagree at training's start check. With the mask always explicit, every
-    low-precision forward of scoring and training runs the masked kernel (the check's padding
-    step measures whether that kernel is padding-invariant on CUDA). On CPU the loader picks
-    eager attention in low precision, to which this is the mask transformers builds itself.
+    padding runs a masked kernel, and the two can round differently in low precision (a row
+    alone vs in a padded batch differed by up to 0.295 nats on an H200, random 1.24 B Llama,
+    ``benchmarks/gpu/check.sh``; the kernel switch is the likely cause, not isolated there).
+    Scoring's batches of equal-length rows and training's padded ones would then disagree at
+    training's start check. With the mask always explicit, every low-precision forward of
+    scoring and training runs the masked kernel (the check's padding step measures whether that
+    kernel is padding-invariant on CUDA). On CPU the loader picks eager attention in low
+    precision, to which this is the mask transformers builds itself. A 4D mask replaces the
+    model's own, so a sliding-window model is exact here (and in packed batches) only for
+    sequences within its window.
     """
     if dtype not in (torch.bfloat16, torch.float16):
         return key_mask
