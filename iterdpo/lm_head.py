@@ -109,7 +109,7 @@ class _LinearTokenLogps(torch.autograd.Function):
     and 913 ms recomputed in float32, 324 vs 398 ms in bfloat16 (``benchmarks/lm_head.py``);
     keeping costs N x V float32, so :func:`fused_token_logps` keeps only up to
     :data:`KEEP_ELEMENTS`. On CUDA a micro-step's N x V is far above it (8 pairs of 50-400 words
-    at a 128k vocabulary: ~3e8), so there the logits are recomputed as before.
+    at a 128k vocabulary: ~5,000 x 128,256 = 6e8), so there the logits are recomputed as before.
     """
 
     @staticmethod
