@@ -230,20 +230,16 @@ def _ours_config(batch_size: int, dtype: str):
 
 def ours_order(d: Path, batch_size: int, n: int) -> list[int]:
     """Indices of the first ``n`` pairs in the order iterdpo's trainer visits them (one process,
-    seed 0, epoch 0: its length-grouped ``batch_schedule`` over the lengths it computes)."""
+    seed 0, the one epoch: ``plan_epochs``, what ``train`` itself runs)."""
     from transformers import AutoTokenizer
 
     from iterdpo import records
-    from iterdpo.logprobs import encode
-    from iterdpo.training.trainer import batch_schedule
+    from iterdpo.training.trainer import plan_epochs
 
     cfg = _ours_config(batch_size, "float32")
-    tok = AutoTokenizer.from_pretrained(d / "model")
-    kw = dict(max_prompt_length=cfg.model.max_prompt_length, max_length=cfg.model.max_length)
-    lengths = [max(len(encode(tok, r["prompt"], r["chosen"], stopped=r["chosen_stopped"], **kw).input_ids),
-                   len(encode(tok, r["prompt"], r["rejected"], stopped=r["rejected_stopped"], **kw).input_ids))
-               for r in records.read_table(d / "pairs.parquet").to_pylist()[:n]]
-    return [i for batch in batch_schedule(lengths, batch_size, 1, 0, 0, cfg.train.group_by_length) for i in batch]
+    rows = records.read_table(d / "pairs.parquet").to_pylist()[:n]
+    _, _, epochs = plan_epochs(AutoTokenizer.from_pretrained(d / "model"), rows, cfg.model, cfg.train, 1, 0)
+    return [i for batch in epochs[0] for i in batch]
 
 
 def _trl_dataset(d: Path, fresh: bool = False, limit: int | None = None, order: list[int] | None = None):

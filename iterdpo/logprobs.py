@@ -292,7 +292,7 @@ def _attention_mask(key_mask: torch.Tensor, queries: int, dtype: torch.dtype) ->
     model's own, so a sliding-window model is exact here (and in packed batches) only for
     sequences within its window.
     """
-    if dtype not in (torch.bfloat16, torch.float16):
+    if str(dtype).removeprefix("torch.") not in LOW_PRECISION:
         return key_mask
     K = key_mask.shape[1]
     key_index = torch.arange(K, device=key_mask.device)

@@ -90,6 +90,20 @@ def batch_schedule(lengths: list[int], batch_size: int, world: int, seed: int, e
     return out
 
 
+def plan_epochs(tokenizer, rows: list[dict], model_cfg, cfg, world: int, seed: int):
+    """What :func:`train` will run on ``rows`` (PREFERENCES rows): each pair's chosen and
+    rejected :class:`~iterdpo.logprobs.Encoded` (scoring's tokenisation) and, per epoch, the
+    global batches of pair indices (:func:`batch_schedule` over each pair's longer sequence)."""
+    from iterdpo.logprobs import encode
+
+    kw = dict(max_prompt_length=model_cfg.max_prompt_length, max_length=model_cfg.max_length)
+    enc_c = [encode(tokenizer, r["prompt"], r["chosen"], stopped=r["chosen_stopped"], **kw) for r in rows]
+    enc_r = [encode(tokenizer, r["prompt"], r["rejected"], stopped=r["rejected_stopped"], **kw) for r in rows]
+    lengths = [max(len(a.input_ids), len(b.input_ids)) for a, b in zip(enc_c, enc_r, strict=True)]
+    epochs = [batch_schedule(lengths, cfg.batch_size, world, seed, e, cfg.group_by_length) for e in range(cfg.epochs)]
+    return enc_c, enc_r, epochs
+
+
 def rank_slice(batch: list[int], rank: int, world: int) -> list[int]:
     """Rank ``rank``'s share of a global batch (near-equal contiguous parts; may be empty)."""
     n = len(batch)
@@ -137,7 +151,7 @@ def train(
     from transformers import AutoTokenizer, get_linear_schedule_with_warmup
 
     from iterdpo import distributed
-    from iterdpo.logprobs import LOW_PRECISION, collate, collate_packed, encode, load_causal_lm
+    from iterdpo.logprobs import LOW_PRECISION, collate, collate_packed, load_causal_lm
     from iterdpo.training.losses import LOSSES
 
     dest = Path(dest)
@@ -177,11 +191,7 @@ def train(
                     f"preference pairs, row {i} (chosen_id {r.get('chosen_id')}): field ref_chosen_logps/ref_rejected_logps "
                     f"is missing or NaN, but loss '{cfg.loss}' needs reference log-probs"
                 )
-    kw = dict(max_prompt_length=model_cfg.max_prompt_length, max_length=model_cfg.max_length)
-    enc_c = [encode(tokenizer, r["prompt"], r["chosen"], stopped=r["chosen_stopped"], **kw) for r in rows]
-    enc_r = [encode(tokenizer, r["prompt"], r["rejected"], stopped=r["rejected_stopped"], **kw) for r in rows]
-    lengths = [max(len(a.input_ids), len(b.input_ids)) for a, b in zip(enc_c, enc_r, strict=True)]
-    epochs = [batch_schedule(lengths, cfg.batch_size, W, seed, e, cfg.group_by_length) for e in range(cfg.epochs)]
+    enc_c, enc_r, epochs = plan_epochs(tokenizer, rows, model_cfg, cfg, W, seed)
     micro_steps = sum(len(e) for e in epochs)
     total_updates = max(1, math.ceil(micro_steps / cfg.grad_accum))
     ds = accelerator.state.deepspeed_plugin
